@@ -1,0 +1,44 @@
+# clap-data: `make demo` and `make test` are the only two commands a new machine needs.
+# Both create .venv with Python 3.12 and install the pinned stack from pyproject.toml.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED_FIXTURE := ../shared/fixtures/astribot_s1_dummy
+DEMO_DIR := demo-output
+
+# The first Python 3.12 found: on PATH, then pyenv's, then the usual prefixes.
+PYTHON312 ?= $(shell for c in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	if $$c -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; then echo $$c; break; fi; done)
+
+.PHONY: demo test venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "clap-data needs Python 3.12; none was found on PATH or under ~/.pyenv." >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON312) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+# Ingest the bundled real Astribot S1 sample (or, in a clone without ../shared, a generated one).
+# Exit status 3 means "finished with quarantined episodes": the real sample is built that way.
+demo: $(STAMP)
+	@mkdir -p $(DEMO_DIR)
+	@if [ -d $(SHARED_FIXTURE) ]; then src=$(SHARED_FIXTURE); \
+	else src=$(DEMO_DIR)/astribot_source; echo "No ../shared here: generating a small Astribot-format sample in $$src"; \
+		$(PY) -m clap_data.factories.astribot $$src; fi; \
+	$(VENV)/bin/clap-data ingest astribot --src $$src --out $(DEMO_DIR)/astribot_v3 --overwrite; rc=$$?; \
+	if [ $$rc -ne 0 ] && [ $$rc -ne 3 ]; then exit $$rc; fi; \
+	$(VENV)/bin/clap-data info $(DEMO_DIR)/astribot_v3
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) bench/out

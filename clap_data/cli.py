@@ -1,0 +1,193 @@
+"""The ``clap-data`` command line: parses arguments, calls a pipeline, prints a summary.
+
+Errors reach the user as one sentence on stderr and an exit status (see :class:`ExitCode`);
+set ``CLAP_DATA_DEBUG=1`` to see the traceback of an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clap_data.conversion import VideoOptions
+from clap_data.errors import ClapDataError, ExitCode
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Turn robot datasets and human video into one tokenized LeRobot v3 corpus (CLAP).",
+)
+ingest_app = typer.Typer(no_args_is_help=True, help="Convert a source dataset into a unified LeRobot v3.0 dataset.")
+app.add_typer(ingest_app, name="ingest")
+
+stdout = Console()
+stderr = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(command: F) -> F:
+    """Turn expected failures into one sentence and exit status 1; never show a traceback
+    unless CLAP_DATA_DEBUG is set."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except ClapDataError as exc:
+            stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(ExitCode.FAILED) from None
+        except KeyboardInterrupt:
+            stderr.print("interrupted; rerun the same command to resume")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("CLAP_DATA_DEBUG"):
+                raise
+            stderr.print(
+                f"[red]error:[/red] unexpected failure ({type(exc).__name__}: {exc}); "
+                "set CLAP_DATA_DEBUG=1 to see the traceback",
+                highlight=False,
+            )
+            raise typer.Exit(ExitCode.FAILED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise typer.BadParameter("give at least one name, comma-separated")
+    return items
+
+
+def _video_options(full_decode: bool, resize: str | None, vcodec: str | None, gop: int, crf: int) -> VideoOptions:
+    from clap_data.video import parse_size
+
+    try:
+        size = parse_size(resize) if resize else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--resize") from None
+    if vcodec is not None and vcodec not in ("h264", "hevc", "av1"):
+        raise typer.BadParameter(f"{vcodec!r} is not one of h264, hevc, av1", param_hint="--vcodec")
+    if gop < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--gop")
+    return VideoOptions(full_decode=full_decode, resize=size, codec=vcodec, gop=gop, crf=crf)
+
+
+def _print_ingest_summary(source_name: str, report: Any) -> None:
+    status = report.exit_code
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    title = "already complete (an interrupted run was finished)" if report.already_complete else f"{source_name} → {report.out}"
+    table.add_row("ingest", title)
+    table.add_row(
+        "episodes",
+        f"{report.written} written, {len(report.quarantine)} quarantined "
+        f"({report.listed} listed, {report.resumed} resumed from an earlier run)",
+    )
+    rate = report.frames / report.seconds if report.seconds > 0 else 0.0
+    table.add_row("frames", f"{report.frames:,} in {report.seconds:.1f} s ({rate:,.0f} frames/s)")
+    table.add_row("cameras", ", ".join(report.cameras) or "none")
+    for notice in report.notices:
+        table.add_row("note", notice)
+    stdout.print(table)
+    if report.quarantine:
+        quarantine = Table(title="quarantined episodes", title_justify="left", show_edge=False)
+        for column in ("episode", "check", "reason"):
+            quarantine.add_column(column, overflow="fold")
+        for row in report.quarantine[:20]:
+            quarantine.add_row(row["source_episode"], row["check"], row["reason"])
+        stdout.print(quarantine)
+        if len(report.quarantine) > 20:
+            stdout.print(f"… and {len(report.quarantine) - 20} more: clap-data info {report.out}")
+    meaning = {
+        ExitCode.OK: "every episode was written",
+        ExitCode.QUARANTINED: "the dataset was written; some episodes were quarantined",
+        ExitCode.FAILED: "no episode could be ingested, nothing was written",
+    }[status]
+    stdout.print(f"exit status {int(status)}: {meaning}")
+
+
+@ingest_app.command("astribot")
+@user_errors
+def ingest_astribot(
+    src: Annotated[Path, typer.Option(help="The Astribot S1 dataset folder (GR00T-flavoured LeRobot v2.0).")],
+    out: Annotated[Path, typer.Option(help="Where the LeRobot v3.0 dataset is written.")],
+    cameras: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated unified cameras: head, wrist_left, wrist_right. Default: those with videos."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Parallel episode conversions (default: all CPUs).")] = None,
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local Ray.")] = None,
+    full_decode: Annotated[bool, typer.Option(help="Decode every video frame to validate (default: a fast check).")] = False,
+    resize: Annotated[str | None, typer.Option(help="Re-encode videos to HEIGHTxWIDTH, e.g. 224x224.")] = None,
+    vcodec: Annotated[str | None, typer.Option(help="Re-encode videos with h264, hevc or av1 (default: stream copy).")] = None,
+    gop: Annotated[int, typer.Option(help="Keyframe interval when re-encoding.")] = 2,
+    crf: Annotated[int, typer.Option(help="Quality when re-encoding (lower is better).")] = 30,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished dataset at --out, or discard an interrupted run with other options.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+) -> None:
+    """Ingest Astribot S1 data into a unified LeRobot v3.0 dataset."""
+    from clap_data.pipelines.ingest import IngestRequest, ingest
+    from clap_data.progress import ConsoleReporter, SilentReporter
+    from clap_data.sources.astribot import AstribotSource
+
+    video = _video_options(full_decode, resize, vcodec, gop, crf)
+    source = AstribotSource(src, cameras=_split_list(cameras))
+    request = IngestRequest(out=out, overwrite=overwrite, workers=workers, address=address, video=video)
+    report = ingest(source, request, SilentReporter() if as_json else ConsoleReporter(stderr))
+    if as_json:
+        stdout.print_json(json.dumps({**asdict(report), "exit_code": int(report.exit_code)}))
+    else:
+        _print_ingest_summary(source.name, report)
+    raise typer.Exit(int(report.exit_code))
+
+
+@app.command("info")
+@user_errors
+def info(
+    dataset: Annotated[Path, typer.Argument(help="A dataset written by clap-data.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """One-screen summary of a clap-data dataset."""
+    from clap_data.lerobot_v3.reader import dataset_summary
+
+    summary = dataset_summary(dataset)
+    if as_json:
+        stdout.print_json(json.dumps(summary))
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("dataset", summary["path"])
+    table.add_row("robot_type", str(summary["robot_type"]))
+    table.add_row("episodes", f"{summary['episodes']:,} ({summary['frames']:,} frames at {summary['fps']} fps)")
+    table.add_row("tasks", str(summary["tasks"]))
+    table.add_row("cameras", ", ".join(summary["cameras"]) or "none")
+    table.add_row("schema", f"clap-data unified v{summary['schema_version']} (LeRobot {summary['codebase_version']})")
+    table.add_row("token columns", ", ".join(summary["token_columns"]) or "none yet")
+    table.add_row("source", str(summary["source"].get("root", "")))
+    for notice in summary["notices"]:
+        table.add_row("note", notice)
+    table.add_row("quarantine", f"{len(summary['quarantine'])} episode(s)")
+    for row in summary["quarantine"]:
+        table.add_row("", f"{row['episode']}: {row['reason']}")
+    stdout.print(table)
+
+
+def main() -> None:
+    app()

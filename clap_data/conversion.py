@@ -1,0 +1,153 @@
+"""Convert one episode: read it through its source adapter, validate its videos, stage the result.
+
+This is the unit of work a Ray worker runs. Everything it writes goes to a temporary directory
+that is renamed into the staging area only when complete, and everything wrong with the episode
+ends as a quarantine record naming the file and the reason, never as a crashed run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clap_data import video
+from clap_data.atomic import building_dir
+from clap_data.schemas import data_arrow_schema, frame_features
+from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, Source
+from clap_data.staging import StagingArea
+
+STAGED_FRAMES = "frames.parquet"
+STAGED_RECORD = "episode.json"
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How videos are validated and written. Stream copy unless a size or codec is asked for."""
+
+    full_decode: bool = False
+    resize: tuple[int, int] | None = None  # (height, width)
+    codec: str | None = None  # h264 | hevc | av1; None keeps the source's by stream copy
+    gop: int = 2
+    crf: int = 30
+
+    @property
+    def reencode(self) -> bool:
+        return self.resize is not None or self.codec is not None
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    """What the driver learns about one episode: small, so results stream back cheaply."""
+
+    order: int
+    source_episode: str
+    status: str  # "ok" | "quarantined" | "resumed"
+    frames: int
+    check: str = ""
+    file: str = ""
+    reason: str = ""
+    seconds: float = 0.0
+
+
+def staged_table_schema() -> pa.Schema:
+    """Per-episode staged frames: the unified columns that do not depend on the episode's final
+    position (episode_index, index and task_index are assigned when the dataset is assembled)."""
+    base = data_arrow_schema(frame_features())
+    keep = [base.field(name) for name in ("observation.state", "action", "arm_mask", "subtask", "frame_index")]
+    return pa.schema(keep + [pa.field("task", pa.string())])
+
+
+def _frames_table(episode: CanonicalEpisode) -> pa.Table:
+    frames = len(episode.state)
+    schema = staged_table_schema()
+
+    def vectors(values: np.ndarray, name: str) -> pa.Array:
+        flat = pa.array(values.astype(np.float32).ravel(), type=pa.float32())
+        return pa.FixedSizeListArray.from_arrays(flat, type=schema.field(name).type)
+
+    return pa.Table.from_arrays(
+        [
+            vectors(episode.state, "observation.state"),
+            vectors(episode.action, "action"),
+            vectors(episode.arm_mask, "arm_mask"),
+            pa.array(episode.subtasks, type=pa.string()),
+            pa.array(np.arange(frames, dtype=np.int64)),
+            pa.array(episode.tasks, type=pa.string()),
+        ],
+        schema=schema,
+    )
+
+
+def _stage_video(source_file: Path, relative: str, frames: int, target: Path, fps: int, options: VideoOptions) -> dict[str, Any]:
+    """Validate one camera's video against the episode and write it, regular-timed, to ``target``."""
+    try:
+        probe = video.probe_video(source_file)
+        if probe.frame_count != frames:
+            raise EpisodeRejected(
+                "frame_count", relative, f"video file {relative} has {probe.frame_count} frames but the data file has {frames} rows"
+            )
+        video.check_decodes(source_file, probe, full=options.full_decode)
+        if options.reencode:
+            video.reencode(source_file, target, fps, options.resize, options.codec or "av1", options.gop, options.crf)
+        else:
+            video.copy_with_frame_timestamps(source_file, target, probe, fps)
+        written = video.probe_video(target)
+    except video.VideoError as exc:
+        raise EpisodeRejected("bad_video", relative, f"video file {relative} {exc}") from None
+    return {
+        "frame_count": written.frame_count,
+        "codec": written.codec,
+        "width": written.width,
+        "height": written.height,
+        "pix_fmt": written.pix_fmt,
+        "fingerprint": written.codec_fingerprint,
+    }
+
+
+def convert_episode(source: Source, ref: EpisodeRef, staging: StagingArea, options: VideoOptions) -> EpisodeOutcome:
+    """Stage one episode, or quarantine it. Idempotent: a staged episode is not redone."""
+    started = time.perf_counter()
+    staged = staging.staged_episode(ref)
+    if staged is not None:
+        return EpisodeOutcome(ref.order, ref.source_episode, "resumed", int(staged["frames"]))
+    try:
+        episode = source.read_episode(ref)
+        frames = len(episode.state)
+        with building_dir(staging.episode_dir(ref)) as work:
+            videos = {
+                camera: _stage_video(
+                    path, str(path.relative_to(source.root)), frames, work / "videos" / f"{camera}.mp4", source.fps, options
+                )
+                for camera, path in episode.videos.items()
+            }
+            pq.write_table(_frames_table(episode), work / STAGED_FRAMES, compression="snappy")
+            record = {
+                "source_episode": ref.source_episode,
+                "order": ref.order,
+                "path": ref.path,
+                "frames": frames,
+                "tasks": list(dict.fromkeys(episode.tasks)),
+                "videos": videos,
+            }
+            (work / STAGED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        staging.clear_quarantine(ref)
+        return EpisodeOutcome(ref.order, ref.source_episode, "ok", frames, seconds=time.perf_counter() - started)
+    except EpisodeRejected as rejected:
+        outcome = EpisodeOutcome(
+            ref.order, ref.source_episode, "quarantined", 0, rejected.check, rejected.file or ref.path,
+            rejected.reason, time.perf_counter() - started,
+        )
+    except Exception as exc:  # one unexpected episode must not sink a 100k-episode run
+        outcome = EpisodeOutcome(
+            ref.order, ref.source_episode, "quarantined", 0, "internal_error", ref.path,
+            f"unexpected error while converting {ref.path}: {type(exc).__name__}: {exc}", time.perf_counter() - started,
+        )
+    staging.write_quarantine(ref, {k: v for k, v in asdict(outcome).items() if k not in ("status", "frames", "seconds")})
+    return outcome

@@ -1,0 +1,77 @@
+"""Feature statistics in LeRobot's format: per episode (stored in the episodes metadata) and
+aggregated over the dataset (``meta/stats.json``).
+
+The dataset aggregate is exact for min, max, mean, std and count. Quantiles are the
+frame-weighted mean of per-episode quantiles, as lerobot's own ``aggregate_stats`` does: exact
+quantiles would need every frame in memory at once, and memory must stay bounded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+
+
+def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
+    """Stats of one feature over one episode's frames; ``values`` is [N] or [N, D]."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.ndim == 1:
+        data = data[:, None]
+    stats = {
+        "min": data.min(axis=0),
+        "max": data.max(axis=0),
+        "mean": data.mean(axis=0),
+        "std": data.std(axis=0),
+        "count": np.array([len(data)], dtype=np.int64),
+    }
+    for name, q in QUANTILES.items():
+        stats[name] = np.quantile(data, q, axis=0)
+    return stats
+
+
+class StatsAggregator:
+    """Running dataset statistics; holds O(features), never frames."""
+
+    def __init__(self) -> None:
+        self._count: dict[str, int] = {}
+        self._sum: dict[str, np.ndarray] = {}
+        self._sumsq: dict[str, np.ndarray] = {}
+        self._min: dict[str, np.ndarray] = {}
+        self._max: dict[str, np.ndarray] = {}
+        self._quantile_sum: dict[str, dict[str, np.ndarray]] = {}
+
+    def add(self, key: str, stats: dict[str, np.ndarray]) -> None:
+        n = int(stats["count"][0])
+        mean, std = stats["mean"], stats["std"]
+        if key not in self._count:
+            self._count[key] = 0
+            self._sum[key] = np.zeros_like(mean)
+            self._sumsq[key] = np.zeros_like(mean)
+            self._min[key] = stats["min"].copy()
+            self._max[key] = stats["max"].copy()
+            self._quantile_sum[key] = {q: np.zeros_like(mean) for q in QUANTILES}
+        self._count[key] += n
+        self._sum[key] += mean * n
+        self._sumsq[key] += (std**2 + mean**2) * n
+        self._min[key] = np.minimum(self._min[key], stats["min"])
+        self._max[key] = np.maximum(self._max[key], stats["max"])
+        for q in QUANTILES:
+            self._quantile_sum[key][q] += stats[q] * n
+
+    def result(self) -> dict[str, dict[str, list]]:
+        out: dict[str, dict[str, list]] = {}
+        for key, n in self._count.items():
+            mean = self._sum[key] / n
+            variance = np.maximum(self._sumsq[key] / n - mean**2, 0.0)
+            entry = {
+                "min": self._min[key].tolist(),
+                "max": self._max[key].tolist(),
+                "mean": mean.tolist(),
+                "std": np.sqrt(variance).tolist(),
+                "count": [n],
+            }
+            for q in QUANTILES:
+                entry[q] = (self._quantile_sum[key][q] / n).tolist()
+            out[key] = entry
+        return out

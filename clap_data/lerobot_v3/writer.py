@@ -1,0 +1,245 @@
+"""Assemble a LeRobot v3.0 dataset from staged episodes, streaming.
+
+Episodes are appended one at a time: their frames go into rolling ``data/`` parquet files (one
+row group per episode, as lerobot writes them), their videos are concatenated by stream copy into
+rolling ``videos/<key>/`` files, and only O(1) state per file is kept in memory. The output is a
+pure function of the staged episodes and their order, which is what makes an interrupted and
+resumed ingest byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clap_data import __version__, video
+from clap_data.atomic import write_json_atomic
+from clap_data.lerobot_v3 import layout
+from clap_data.lerobot_v3.stats import StatsAggregator, feature_stats
+from clap_data.schemas import (
+    CLAP_META_PATH,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    camera_feature_key,
+    data_arrow_schema,
+    frame_features,
+    video_feature,
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [("source_episode", pa.string()), ("check", pa.string()), ("file", pa.string()), ("reason", pa.string())]
+)
+_META_BATCH = 1000  # divides layout.EPISODES_PER_META_FILE
+_STATS_FEATURES = ("observation.state", "action", "arm_mask", "timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+class _RollingVideo:
+    """One camera's current v3 video file; starts a new file at the size limit or when an
+    episode's codec parameters differ (stream copy cannot mix them in one file)."""
+
+    def __init__(self, root: Path, video_key: str, fps: int):
+        self.root, self.video_key, self.fps = root, video_key, fps
+        self.cursor = layout.FileCursor()
+        self._current: video.VideoConcatenator | None = None
+
+    def append(self, src: Path, frame_count: int, fingerprint: str) -> tuple[int, int, float, float]:
+        if self._current is not None:
+            full = self._current.dst.stat().st_size >= layout.VIDEO_FILE_SIZE_MB * 1024 * 1024
+            if full or fingerprint != self._current.fingerprint:
+                self._current.close()
+                self._current = None
+                self.cursor.advance()
+        if self._current is None:
+            self._current = video.VideoConcatenator(
+                self.root / self.cursor.path(layout.VIDEO_PATH, video_key=self.video_key), self.fps
+            )
+        start, end = self._current.append(src, frame_count, fingerprint)
+        return self.cursor.chunk_index, self.cursor.file_index, start, end
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+
+
+class _RollingParquet:
+    """A sequence of parquet files under one template, rolled by (uncompressed) size or rows."""
+
+    def __init__(self, root: Path, template: str, schema: pa.Schema | None, max_bytes: int, max_rows: int | None = None):
+        self.root, self.template, self.schema = root, template, schema
+        self.max_bytes, self.max_rows = max_bytes, max_rows
+        self.cursor = layout.FileCursor()
+        self._writer: pq.ParquetWriter | None = None
+        self._bytes = 0
+        self._rows = 0
+
+    def write(self, table: pa.Table) -> tuple[int, int]:
+        """Write ``table`` as one row group; returns the (chunk, file) it went to."""
+        if self._writer is not None and (
+            self._bytes >= self.max_bytes or (self.max_rows is not None and self._rows >= self.max_rows)
+        ):
+            self._writer.close()
+            self._writer = None
+            self.cursor.advance()
+        if self._writer is None:
+            path = self.root / self.cursor.path(self.template)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.schema = self.schema or table.schema
+            self._writer = pq.ParquetWriter(path, self.schema, compression="snappy")
+            self._bytes = self._rows = 0
+        self._writer.write_table(table.cast(self.schema))
+        self._bytes += table.nbytes
+        self._rows += table.num_rows
+        return self.cursor.chunk_index, self.cursor.file_index
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class DatasetAssembler:
+    """Builds one v3 dataset in ``root`` (a staging directory, renamed into place by the caller)."""
+
+    def __init__(self, root: Path, fps: int, robot_type: str, cameras: tuple[str, ...]):
+        self.root, self.fps, self.robot_type, self.cameras = root, fps, robot_type, cameras
+        self.features = frame_features()
+        self._data = _RollingParquet(root, layout.DATA_PATH, data_arrow_schema(self.features), layout.DATA_FILE_SIZE_MB << 20)
+        self._meta = _RollingParquet(root, layout.EPISODES_PATH, None, 1 << 62, layout.EPISODES_PER_META_FILE)
+        self._videos = {cam: _RollingVideo(root, camera_feature_key(cam), fps) for cam in cameras}
+        self._video_features: dict[str, dict[str, Any]] = {}
+        self._tasks: dict[str, int] = {}
+        self._stats = StatsAggregator()
+        self._pending_meta: list[dict[str, Any]] = []
+        self.episodes = 0
+        self.frames = 0
+
+    def _check_video_shape(self, camera: str, info: dict[str, Any]) -> str | None:
+        """All episodes of a camera share one feature shape; returns why an episode does not fit."""
+        feature = video_feature(info["width"], info["height"], self.fps, info["codec"], info["pix_fmt"])
+        key = camera_feature_key(camera)
+        known = self._video_features.setdefault(key, feature)
+        if known["shape"] != feature["shape"]:
+            return (
+                f"its {camera} video is {info['width']}x{info['height']} while the dataset's is "
+                f"{known['shape'][1]}x{known['shape'][0]}; re-run with --resize HxW to make them equal"
+            )
+        return None
+
+    def check_episode(self, record: dict[str, Any]) -> str | None:
+        """Why a staged episode cannot join this dataset, or None if it can."""
+        for camera in self.cameras:
+            problem = self._check_video_shape(camera, record["videos"][camera])
+            if problem:
+                return problem
+        return None
+
+    def add_episode(self, staged_dir: Path, record: dict[str, Any], provenance: dict[str, str]) -> None:
+        table = pq.read_table(staged_dir / "frames.parquet")
+        frames = table.num_rows
+        episode_index = self.episodes
+        task_index = np.array([self._tasks.setdefault(t, len(self._tasks)) for t in table.column("task").to_pylist()], dtype=np.int64)
+        frame_index = table.column("frame_index").to_numpy()
+        columns = {
+            "observation.state": table.column("observation.state"),
+            "action": table.column("action"),
+            "arm_mask": table.column("arm_mask"),
+            "subtask": table.column("subtask"),
+            "timestamp": pa.array((frame_index / self.fps).astype(np.float32)),
+            "frame_index": pa.array(frame_index),
+            "episode_index": pa.array(np.full(frames, episode_index, dtype=np.int64)),
+            "index": pa.array(np.arange(self.frames, self.frames + frames, dtype=np.int64)),
+            "task_index": pa.array(task_index),
+        }
+        data_table = pa.table(columns, schema=self._data.schema)
+        data_chunk, data_file = self._data.write(data_table)
+
+        row: dict[str, Any] = {
+            "episode_index": episode_index,
+            "tasks": list(dict.fromkeys(table.column("task").to_pylist())),
+            "length": frames,
+            "data/chunk_index": data_chunk,
+            "data/file_index": data_file,
+            "dataset_from_index": self.frames,
+            "dataset_to_index": self.frames + frames,
+        }
+        for camera in self.cameras:
+            info = record["videos"][camera]
+            chunk, file, start, end = self._videos[camera].append(
+                staged_dir / "videos" / f"{camera}.mp4", info["frame_count"], info["fingerprint"]
+            )
+            key = camera_feature_key(camera)
+            row[f"videos/{key}/chunk_index"] = chunk
+            row[f"videos/{key}/file_index"] = file
+            row[f"videos/{key}/from_timestamp"] = start
+            row[f"videos/{key}/to_timestamp"] = end
+        for key in _STATS_FEATURES:
+            column = data_table.column(key).combine_chunks()
+            values = (
+                np.asarray(column.flatten()).reshape(frames, -1)
+                if pa.types.is_fixed_size_list(column.type)
+                else column.to_numpy()
+            )
+            stats = feature_stats(values)
+            self._stats.add(key, stats)
+            for name, value in stats.items():
+                row[f"stats/{key}/{name}"] = value.tolist()
+        row.update({f"source/{k}": v for k, v in provenance.items()})
+        self._pending_meta.append(row)
+        if len(self._pending_meta) >= _META_BATCH:
+            self._flush_meta()
+        self.episodes += 1
+        self.frames += frames
+
+    def _flush_meta(self) -> None:
+        """Episode metadata goes out in batches of ``_META_BATCH``, which divides the rows per file,
+        so a batch never straddles two files and each row's file follows from its index."""
+        if not self._pending_meta:
+            return
+        for row in self._pending_meta:
+            file_number = row["episode_index"] // layout.EPISODES_PER_META_FILE
+            row["meta/episodes/chunk_index"] = file_number // layout.CHUNKS_SIZE
+            row["meta/episodes/file_index"] = file_number % layout.CHUNKS_SIZE
+        self._meta.write(pa.Table.from_pylist(self._pending_meta))
+        self._pending_meta = []
+
+    def finish(self, clap_meta: dict[str, Any], quarantine: list[dict[str, str]]) -> None:
+        """Close every file and write the metadata that describes them."""
+        self._flush_meta()
+        self._data.close()
+        self._meta.close()
+        for rolling in self._videos.values():
+            rolling.close()
+        features = dict(self.features)
+        for camera in self.cameras:
+            key = camera_feature_key(camera)
+            features[key] = self._video_features[key]
+        info = {
+            "codebase_version": layout.CODEBASE_VERSION,
+            "fps": self.fps,
+            "features": features,
+            "total_episodes": self.episodes,
+            "total_frames": self.frames,
+            "total_tasks": len(self._tasks),
+            "chunks_size": layout.CHUNKS_SIZE,
+            "data_files_size_in_mb": layout.DATA_FILE_SIZE_MB,
+            "video_files_size_in_mb": layout.VIDEO_FILE_SIZE_MB,
+            "data_path": layout.DATA_PATH,
+            "video_path": layout.VIDEO_PATH if self.cameras else None,
+            "robot_type": self.robot_type,
+            "splits": {"train": f"0:{self.episodes}"},
+        }
+        write_json_atomic(self.root / layout.INFO_PATH, info)
+        write_json_atomic(self.root / layout.STATS_PATH, self._stats.result())
+        tasks = pd.DataFrame({"task_index": list(self._tasks.values())}, index=pd.Index(list(self._tasks), name="task"))
+        tasks.to_parquet(self.root / layout.TASKS_PATH)
+        pq.write_table(
+            pa.Table.from_pylist([{k: r[k] for k in QUARANTINE_SCHEMA.names} for r in quarantine], schema=QUARANTINE_SCHEMA),
+            self.root / layout.QUARANTINE_PATH,
+        )
+        meta = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "created_by": f"clap-data {__version__}", **clap_meta}
+        (self.root / CLAP_META_PATH).write_text(json.dumps(meta, indent=2) + "\n")

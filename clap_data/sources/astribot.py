@@ -1,0 +1,263 @@
+"""Astribot S1: GR00T-flavoured LeRobot v2.0, as the CLAP authors ship it (FORMATS.md).
+
+Quirks treated as normal input: ``task_index`` is a ``[coarse, fine]`` pair (stock lerobot
+cannot load it), info.json declares prompt arrays 512 long while they are 128, columns exist
+that info.json does not declare, the metadata may declare episodes and cameras whose files are
+absent from the user's copy, and gripper readings stray outside their 0..100 range.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from clap_data import geometry
+from clap_data.errors import ClapDataError
+from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, require_file
+
+EMBODIMENT = "S1-stationary"
+
+# Unified camera name -> Astribot video key.
+CAMERA_KEYS = {
+    "head": "images_dict.head.rgb",
+    "wrist_left": "images_dict.left.rgb",
+    "wrist_right": "images_dict.right.rgb",
+}
+
+STATE_COLUMN = "cartesian_so3_dict.cartesian_pose_state"
+COMMAND_COLUMN = "cartesian_so3_dict.cartesian_pose_command"
+POSE_WIDTH = 34
+# Per arm: xyz, rot6d (two rows of R), gripper 0..100 (0 = open).
+ARM_LAYOUT = {"left": (slice(9, 12), slice(12, 18), 18), "right": (slice(19, 22), slice(22, 28), 28)}
+_READ_COLUMNS = [STATE_COLUMN, COMMAND_COLUMN, "timestamp", "frame_index", "task_index"]
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClapDataError(f"{what} {path} is missing; is this an Astribot (LeRobot v2.0) dataset?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ClapDataError(f"{what} {path} cannot be read: {exc}") from None
+
+
+def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise ClapDataError(f"{what} {path} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClapDataError(f"{what} {path} cannot be read: {exc}") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ClapDataError(f"{what} {path} line {number} is not valid JSON: {exc.msg}") from None
+    return rows
+
+
+class AstribotSource:
+    """Reads an Astribot S1 folder; ``cameras=None`` takes every declared camera whose videos exist."""
+
+    name = "astribot"
+    embodiment = EMBODIMENT
+
+    def __init__(self, root: Path, cameras: Sequence[str] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ClapDataError(f"source folder {self.root} does not exist")
+        info = _read_json(self.root / "meta/info.json", "metadata file")
+        try:
+            self.fps = int(info["fps"])
+            self._data_path = str(info["data_path"])
+            self._video_path = str(info.get("video_path") or "")
+            self._chunks_size = int(info.get("chunks_size", 1000))
+            features = dict(info["features"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClapDataError(f"metadata file {self.root / 'meta/info.json'} lacks a usable {exc} entry") from None
+        if not str(info.get("codebase_version", "")).startswith("v2"):
+            raise ClapDataError(
+                f"{self.root} declares codebase_version {info.get('codebase_version')!r}; "
+                "the astribot reader expects the GR00T-flavoured LeRobot v2.0 layout"
+            )
+        for column in (STATE_COLUMN, COMMAND_COLUMN):
+            if column not in features:
+                raise ClapDataError(f"metadata file {self.root / 'meta/info.json'} declares no {column} feature")
+        self._episodes = _read_jsonl(self.root / "meta/episodes.jsonl", "episode list")
+        self._tasks = {
+            int(row["task_index"]): str(row["task"]) for row in _read_jsonl(self.root / "meta/tasks.jsonl", "task list")
+        }
+        declared = [key for key, ft in features.items() if isinstance(ft, dict) and ft.get("dtype") == "video"]
+        self.notices: list[str] = []
+        self.cameras = self._choose_cameras(declared, cameras)
+
+    def _video_file(self, episode: dict[str, Any], video_key: str) -> Path:
+        index = int(episode["episode_index"])
+        chunk = int(episode.get("episode_chunk", index // self._chunks_size))
+        return self.root / self._video_path.format(episode_chunk=chunk, video_key=video_key, episode_index=index)
+
+    def _camera_has_files(self, video_key: str) -> bool:
+        return any(self._video_file(ep, video_key).is_file() for ep in self._episodes)
+
+    def _choose_cameras(self, declared: list[str], requested: Sequence[str] | None) -> tuple[str, ...]:
+        known = {key: cam for cam, key in CAMERA_KEYS.items()}
+        for key in declared:
+            if key not in known:
+                self.notices.append(f"video {key} has no unified camera name and is not ingested")
+        if requested is None:
+            chosen = []
+            for camera, key in CAMERA_KEYS.items():
+                if key not in declared:
+                    continue
+                if self._camera_has_files(key):
+                    chosen.append(camera)
+                else:
+                    self.notices.append(
+                        f"camera {camera} ({key}) is declared in meta/info.json but none of its video files "
+                        f"exist, so it is left out; choose cameras with --cameras"
+                    )
+            return tuple(chosen)
+        for camera in requested:
+            if camera not in CAMERA_KEYS:
+                raise ClapDataError(f"unknown camera {camera!r}; Astribot cameras are {', '.join(CAMERA_KEYS)}")
+            if CAMERA_KEYS[camera] not in declared:
+                raise ClapDataError(f"camera {camera} ({CAMERA_KEYS[camera]}) is not declared in meta/info.json")
+            if not self._camera_has_files(CAMERA_KEYS[camera]):
+                raise ClapDataError(
+                    f"camera {camera} was requested but none of its video files exist under "
+                    f"{self.root / 'videos'}; leave it out of --cameras"
+                )
+        return tuple(dict.fromkeys(requested))
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.name, "root": str(self.root.resolve()), "cameras": list(self.cameras)}
+
+    def list_episodes(self) -> list[EpisodeRef]:
+        refs = []
+        for order, episode in enumerate(self._episodes):
+            index = int(episode["episode_index"])
+            chunk = int(episode.get("episode_chunk", index // self._chunks_size))
+            data = self._data_path.format(episode_chunk=chunk, episode_index=index)
+            refs.append(
+                EpisodeRef(
+                    source_episode=f"{index:06d}",
+                    order=order,
+                    path=data,
+                    details={"episode": episode},
+                )
+            )
+        return refs
+
+    def read_episode(self, ref: EpisodeRef) -> CanonicalEpisode:
+        episode = ref.details["episode"]
+        data_file = require_file(self.root / ref.path, self.root, "data file")
+        videos = {
+            camera: require_file(self._video_file(episode, CAMERA_KEYS[camera]), self.root, "video file")
+            for camera in self.cameras
+        }
+        table = self._read_table(data_file, ref.path)
+        frames = table.num_rows
+        declared_length = episode.get("length")
+        if declared_length is not None and int(declared_length) != frames:
+            raise EpisodeRejected(
+                "frame_count", ref.path,
+                f"data file {ref.path} has {frames} rows but meta/episodes.jsonl declares {declared_length}",
+            )
+        self._check_clock(table, ref.path)
+        state = self._pose_matrix(table, STATE_COLUMN, ref.path)
+        command = self._pose_matrix(table, COMMAND_COLUMN, ref.path)
+        coarse, fine = self._instructions(table, ref.path)
+        state14, mask = geometry.dual_arm14(*(self._arm(state, arm, STATE_COLUMN, ref.path) for arm in ARM_LAYOUT))
+        action14, _ = geometry.dual_arm14(*(self._arm(command, arm, COMMAND_COLUMN, ref.path) for arm in ARM_LAYOUT))
+        return CanonicalEpisode(
+            state=state14, action=action14, arm_mask=mask, tasks=coarse, subtasks=fine, videos=videos
+        )
+
+    @staticmethod
+    def _read_table(path: Path, relative: str) -> pa.Table:
+        try:
+            schema = pq.read_schema(path)
+            missing = [c for c in _READ_COLUMNS if c not in schema.names]
+            if missing:
+                raise EpisodeRejected("missing_column", relative, f"data file {relative} lacks column(s) {', '.join(missing)}")
+            table = pq.read_table(path, columns=_READ_COLUMNS)
+        except (pa.ArrowException, OSError) as exc:
+            raise EpisodeRejected("unreadable_file", relative, f"data file {relative} cannot be read ({exc})") from None
+        if table.num_rows == 0:
+            raise EpisodeRejected("empty", relative, f"data file {relative} has no rows")
+        return table
+
+    @staticmethod
+    def _check_clock(table: pa.Table, relative: str) -> None:
+        frame_index = table.column("frame_index").to_numpy()
+        if not np.array_equal(frame_index, np.arange(len(frame_index))):
+            first = int(np.argmax(frame_index != np.arange(len(frame_index))))
+            raise EpisodeRejected(
+                "frame_index", relative,
+                f"data file {relative} has frame_index {frame_index[first]} at row {first}: frames are missing or out of order",
+            )
+        timestamps = table.column("timestamp").to_numpy().astype(np.float64)
+        if not np.isfinite(timestamps).all():
+            raise EpisodeRejected("timestamps", relative, f"data file {relative} has NaN or Inf timestamps")
+        steps = np.diff(timestamps)
+        if (steps <= 0).any():
+            row = int(np.argmax(steps <= 0)) + 1
+            raise EpisodeRejected(
+                "timestamps", relative,
+                f"data file {relative} has non-increasing timestamps at row {row} "
+                f"({timestamps[row - 1]:.6f} then {timestamps[row]:.6f})",
+            )
+
+    @staticmethod
+    def _pose_matrix(table: pa.Table, column: str, relative: str) -> np.ndarray:
+        values = table.column(column).combine_chunks()
+        lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+        if values.null_count or (lengths != POSE_WIDTH).any():
+            row = int(np.argmax(lengths != POSE_WIDTH)) if (lengths != POSE_WIDTH).any() else 0
+            raise EpisodeRejected(
+                "bad_shape", relative, f"data file {relative} column {column} is not {POSE_WIDTH} values long at row {row}"
+            )
+        return pc.list_flatten(values).to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, POSE_WIDTH)
+
+    @staticmethod
+    def _arm(pose: np.ndarray, arm: str, column: str, relative: str) -> np.ndarray:
+        xyz, rot6d, grip = ARM_LAYOUT[arm]
+        used = np.concatenate([pose[:, xyz], pose[:, rot6d], pose[:, grip : grip + 1]], axis=1)
+        bad = ~np.isfinite(used)
+        if bad.any():
+            row = int(np.argmax(bad.any(axis=1)))
+            raise EpisodeRejected(
+                "non_finite", relative, f"data file {relative} column {column} has NaN or Inf in the {arm} arm at row {row}"
+            )
+        defects = geometry.rot6d_defects(pose[:, rot6d])
+        if (defects != "").any():
+            row = int(np.argmax(defects != ""))
+            raise EpisodeRejected(
+                "bad_rotation", relative,
+                f"data file {relative} column {column}: the {arm} arm's rotation at row {row} is not a rotation ({defects[row]})",
+            )
+        rotation = geometry.rot6d_to_matrix(pose[:, rot6d])
+        return geometry.arm_pose7(pose[:, xyz], rotation, geometry.gripper_from_percent_open0(pose[:, grip]))
+
+    def _instructions(self, table: pa.Table, relative: str) -> tuple[list[str], list[str]]:
+        pairs = table.column("task_index").combine_chunks()
+        lengths = pc.list_value_length(pairs).to_numpy(zero_copy_only=False)
+        if pairs.null_count or (lengths != 2).any():
+            raise EpisodeRejected("bad_shape", relative, f"data file {relative} task_index is not a [coarse, fine] pair")
+        indices = pc.list_flatten(pairs).to_numpy(zero_copy_only=False).reshape(-1, 2)
+        unknown = sorted({int(i) for i in np.unique(indices)} - self._tasks.keys())
+        if unknown:
+            raise EpisodeRejected(
+                "unknown_task", relative, f"data file {relative} refers to task_index {unknown[0]}, absent from meta/tasks.jsonl"
+            )
+        return [self._tasks[int(i)] for i in indices[:, 0]], [self._tasks[int(i)] for i in indices[:, 1]]

@@ -1,0 +1,74 @@
+"""The adapter contract every source follows: list episodes cheaply, read one into canonical frames.
+
+Listing runs once on the driver and must only look at metadata and file names; reading runs on Ray
+workers, one episode at a time, so it must only touch that episode's files. Anything wrong with
+one episode is raised as :class:`EpisodeRejected` (the episode is quarantined, the run goes on);
+anything wrong with the whole source is a :class:`~clap_data.errors.ClapDataError` (the run stops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class EpisodeRejected(Exception):
+    """One episode cannot be ingested. ``check`` is a stable category for scripts and DuckDB."""
+
+    def __init__(self, check: str, file: str | None, reason: str):
+        super().__init__(reason)
+        self.check = check
+        self.file = file
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class EpisodeRef:
+    """An episode as listed on the driver: small and picklable, shipped to a worker."""
+
+    source_episode: str  # the id the source itself uses, e.g. "000001" or "<task>/<episode>"
+    order: int  # position in the source's listing: fixes the output episode order
+    path: str  # the episode's main file relative to the source root (provenance)
+    details: dict[str, Any] = field(default_factory=dict)  # adapter-private, JSON-able
+
+
+@dataclass
+class CanonicalEpisode:
+    """One episode in the unified representation (METHOD.md §1), before it is written."""
+
+    state: NDArray[np.float64]  # [N, 14]
+    action: NDArray[np.float64]  # [N, 14]
+    arm_mask: NDArray[np.float64]  # [N, 2]
+    tasks: list[str]  # per-frame episode instruction (the LeRobot task)
+    subtasks: list[str]  # per-frame fine instruction, "" where none
+    videos: dict[str, Path]  # unified camera name -> source video file
+
+
+class Source(Protocol):
+    """What the ingest pipeline needs from a source. Implementations must pickle cheaply."""
+
+    name: str  # CLI name, e.g. "astribot"
+    root: Path  # the source folder; quarantine reasons name files relative to it
+    embodiment: str  # robot_type of the output
+    fps: int
+    cameras: tuple[str, ...]  # unified camera names that will be written
+    notices: list[str]  # dataset-level findings shown in the summary (e.g. a camera left out)
+
+    def list_episodes(self) -> list[EpisodeRef]: ...
+
+    def read_episode(self, ref: EpisodeRef) -> CanonicalEpisode: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance written to ``meta/clap_data.json``: source kind, root, options."""
+        ...
+
+
+def require_file(path: Path, root: Path, what: str) -> Path:
+    """``path`` if it is a file, else reject the episode naming the file relative to ``root``."""
+    if not path.is_file():
+        raise EpisodeRejected("missing_file", str(path.relative_to(root)), f"{what} {path.relative_to(root)} is missing")
+    return path

@@ -1,0 +1,119 @@
+"""The staging area of one output: where an ingest keeps its work until the dataset is complete.
+
+It lives beside the output (``.<name>.clap-staging``, same filesystem) and holds:
+``lock`` (flock: one writer per output), ``run.json`` (the options of the run, so a rerun resumes
+only work done with the same options), ``episodes/<order>/`` (one converted episode, renamed into
+place when complete), ``quarantine/<order>.json`` and finally ``dataset/`` (the assembled v3
+dataset, moved onto the output path in one rename). A ``kill -9`` at any point leaves only complete
+entries and temporary names, so rerunning the same command resumes and produces the same bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from clap_data.atomic import remove_temp_leftovers, write_json_atomic
+from clap_data.errors import ClapDataError
+from clap_data.sources.base import EpisodeRef
+
+
+class StagingArea:
+    def __init__(self, out: Path):
+        self.out = out
+        self.root = out.parent / f".{out.name}.clap-staging"
+        self.episodes_dir = self.root / "episodes"
+        self.quarantine_dir = self.root / "quarantine"
+        self.dataset_dir = self.root / "dataset"
+        self.previous_dir = self.root / "previous"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the output's lock for the whole run; a second run on the same output refuses."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / "lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ClapDataError(
+                f"another clap-data run ({holder}) is writing {self.out}; wait for it to finish or choose another --out"
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
+
+    def prepare(self, run_options: dict[str, Any], discard_mismatch: bool) -> None:
+        """Resume earlier work done with the same options, or start afresh.
+
+        Work with the same options is always resumed (it produces the same bytes); work with other
+        options is discarded only when asked (``--overwrite``), so nothing is thrown away by surprise.
+        """
+        previous = self.run_options()
+        if previous == run_options:
+            for directory in (self.root, self.episodes_dir, self.quarantine_dir):
+                remove_temp_leftovers(directory)
+            return
+        if previous is not None and not discard_mismatch:
+            raise ClapDataError(
+                f"{self.out} has an interrupted run with other options; rerun it with the same "
+                "options to resume, or add --overwrite to discard it"
+            )
+        self.discard_work()
+        write_json_atomic(self.root / "run.json", run_options)
+
+    def discard_work(self) -> None:
+        for path in (self.episodes_dir, self.quarantine_dir, self.dataset_dir, self.previous_dir):
+            shutil.rmtree(path, ignore_errors=True)
+        remove_temp_leftovers(self.root)
+
+    def run_options(self) -> dict[str, Any] | None:
+        run_file = self.root / "run.json"
+        return json.loads(run_file.read_text()) if run_file.is_file() else None
+
+    def episode_dir(self, ref: EpisodeRef) -> Path:
+        return self.episodes_dir / f"{ref.order:08d}"
+
+    def staged_episode(self, ref: EpisodeRef) -> dict[str, Any] | None:
+        """The staged record of ``ref`` if a complete one exists for this very episode."""
+        record = self.episode_dir(ref) / "episode.json"
+        if not record.is_file():
+            return None
+        data = json.loads(record.read_text())
+        return data if data.get("source_episode") == ref.source_episode else None
+
+    def write_quarantine(self, ref: EpisodeRef, record: dict[str, Any]) -> None:
+        write_json_atomic(self.quarantine_dir / f"{ref.order:08d}.json", record)
+
+    def clear_quarantine(self, ref: EpisodeRef) -> None:
+        (self.quarantine_dir / f"{ref.order:08d}.json").unlink(missing_ok=True)
+
+    def quarantine_records(self) -> list[dict[str, Any]]:
+        if not self.quarantine_dir.is_dir():
+            return []
+        return [json.loads(p.read_text()) for p in sorted(self.quarantine_dir.glob("*.json"))]
+
+    def publish(self) -> None:
+        """Move the assembled dataset onto the output path; an existing one is replaced only
+        after the new one is complete, and is never left half-overwritten."""
+        if self.out.exists():
+            if self.previous_dir.exists():
+                shutil.rmtree(self.previous_dir)
+            os.rename(self.out, self.previous_dir)
+        os.rename(self.dataset_dir, self.out)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,196 @@
+"""Ingest pipeline: any :class:`~clap_data.sources.base.Source` → one unified LeRobot v3.0 dataset.
+
+Three steps (DESIGN.md): list episodes on the driver (metadata only) → convert, validate and stage
+each episode on Ray workers (Ray Data ``map_batches``, streaming, so memory does not grow with the
+number of episodes) → assemble the v3 files from the staged episodes in source order and move the
+finished dataset onto ``--out`` in one rename. Every step can be interrupted and re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clap_data import __version__
+from clap_data.atomic import building_dir, write_json_atomic
+from clap_data.conversion import EpisodeOutcome, VideoOptions, convert_episode
+from clap_data.errors import ClapDataError, ExitCode
+from clap_data.lerobot_v3.writer import DatasetAssembler
+from clap_data.progress import Reporter, SilentReporter
+from clap_data.ray_runtime import ray_session
+from clap_data.schemas import CLAP_META_PATH
+from clap_data.sources.base import EpisodeRef, Source
+from clap_data.staging import StagingArea
+
+_MAX_BLOCKS = 4096  # enough blocks to balance workers; few enough to keep scheduling cheap
+_PUBLISHING = "publishing.json"
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    out: Path
+    overwrite: bool = False
+    workers: int | None = None
+    address: str | None = None
+    video: VideoOptions = VideoOptions()
+
+
+@dataclass
+class IngestReport:
+    """What happened, for the summary screen and for scripts (``exit_code``)."""
+
+    out: str
+    listed: int = 0
+    written: int = 0
+    frames: int = 0
+    resumed: int = 0
+    seconds: float = 0.0
+    quarantine: list[dict[str, str]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    cameras: list[str] = field(default_factory=list)
+    already_complete: bool = False
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.written == 0:
+            return ExitCode.FAILED
+        return ExitCode.QUARANTINED if self.quarantine else ExitCode.OK
+
+
+def _is_clap_dataset(path: Path) -> bool:
+    return (path / CLAP_META_PATH).is_file()
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ClapDataError(f"--out {out} exists and is not a directory")
+    if not any(out.iterdir()):
+        out.rmdir()
+        return
+    if not _is_clap_dataset(out):
+        raise ClapDataError(f"--out {out} exists and is not a clap-data dataset; choose an empty or new folder")
+    if not overwrite:
+        raise ClapDataError(f"--out {out} already holds a dataset; add --overwrite to replace it")
+
+
+def _convert_on_ray(
+    source: Source, refs: list[EpisodeRef], staging: StagingArea, video: VideoOptions, workers: int | None
+) -> Iterator[EpisodeOutcome]:
+    """Stream outcomes back as workers finish episodes (order not preserved)."""
+    import ray
+
+    def convert(batch: dict[str, Any]) -> dict[str, list[str]]:
+        outcomes = [convert_episode(source, pickle.loads(blob), staging, video) for blob in batch["ref"]]
+        return {"outcome": [json.dumps(asdict(o)) for o in outcomes]}
+
+    items = [{"ref": pickle.dumps(ref)} for ref in refs]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), _MAX_BLOCKS)))
+    converted = dataset.map_batches(convert, batch_size=1, num_cpus=1, concurrency=workers)
+    for batch in converted.iter_batches(batch_size=1, batch_format="numpy"):
+        for text in batch["outcome"]:
+            yield EpisodeOutcome(**json.loads(str(text)))
+
+
+def _assemble(source: Source, refs: list[EpisodeRef], staging: StagingArea, clap_meta: dict[str, Any]) -> tuple[int, int, list[dict[str, str]]]:
+    """Build the v3 dataset in the staging area from staged episodes, in source order."""
+    quarantine = {int(r["order"]): r for r in staging.quarantine_records()}
+    with building_dir(staging.dataset_dir) as work:
+        assembler = DatasetAssembler(work, source.fps, source.embodiment, source.cameras)
+        for ref in refs:
+            record = staging.staged_episode(ref)
+            if record is None:
+                continue
+            problem = assembler.check_episode(record)
+            if problem:
+                quarantine[ref.order] = {
+                    "order": ref.order, "source_episode": ref.source_episode, "check": "inconsistent_video",
+                    "file": ref.path, "reason": f"episode {ref.source_episode}: {problem}",
+                }
+                continue
+            provenance = {"dataset": source.name, "episode_id": ref.source_episode, "path": ref.path}
+            assembler.add_episode(staging.episode_dir(ref), record, provenance)
+        records = [quarantine[order] for order in sorted(quarantine)]
+        if assembler.episodes == 0:
+            raise _NothingWritten(records)
+        assembler.finish(clap_meta, records)
+    return assembler.episodes, assembler.frames, records
+
+
+class _NothingWritten(Exception):
+    def __init__(self, quarantine: list[dict[str, str]]):
+        super().__init__("no episode could be ingested")
+        self.quarantine = quarantine
+
+
+def ingest(source: Source, request: IngestRequest, reporter: Reporter | None = None) -> IngestReport:
+    """Run the whole ingest. Raises ClapDataError for problems that stop the run."""
+    reporter = reporter or SilentReporter()
+    started = time.perf_counter()
+    out = request.out.absolute()
+    staging = StagingArea(out)
+    report = IngestReport(out=str(out), notices=list(source.notices), cameras=list(source.cameras))
+    run_options = {"clap_data": __version__, "source": source.describe(), "video": asdict(request.video)}
+    with staging.locked():
+        finished = _finish_interrupted_publish(staging, run_options)
+        if finished is not None:
+            finished.already_complete = True
+            return finished
+        _check_output(out, request.overwrite)
+        staging.prepare(run_options, discard_mismatch=request.overwrite)
+        refs = source.list_episodes()
+        if not refs:
+            raise ClapDataError(f"the source {source.root} lists no episodes")
+        report.listed = len(refs)
+        todo = [ref for ref in refs if staging.staged_episode(ref) is None]
+        report.resumed = len(refs) - len(todo)
+        for notice in source.notices:
+            reporter.phase(f"note: {notice}")
+        reporter.phase(f"Converting {len(todo)} of {len(refs)} episodes" + (f" ({report.resumed} already staged)" if report.resumed else ""))
+        reporter.start(len(refs), report.resumed)
+        try:
+            if todo:
+                with ray_session(request.address, request.workers):
+                    for outcome in _convert_on_ray(source, todo, staging, request.video, request.workers):
+                        reporter.advance(outcome.status != "quarantined", outcome.frames)
+        finally:
+            reporter.stop()
+        reporter.phase("Assembling the LeRobot v3.0 dataset")
+        clap_meta = {
+            "embodiment": source.embodiment,
+            "source": source.describe(),
+            "video": {"mode": "re-encode" if request.video.reencode else "stream-copy", **asdict(request.video)},
+            "notices": list(source.notices),
+        }
+        try:
+            report.written, report.frames, report.quarantine = _assemble(source, refs, staging, clap_meta)
+        except _NothingWritten as nothing:
+            report.quarantine = nothing.quarantine
+            report.seconds = time.perf_counter() - started
+            return report
+        report.seconds = time.perf_counter() - started
+        write_json_atomic(staging.root / _PUBLISHING, asdict(report))
+        staging.publish()
+        staging.remove()
+    return report
+
+
+def _finish_interrupted_publish(staging: StagingArea, run_options: dict[str, Any]) -> IngestReport | None:
+    """If a run with these options was killed while publishing, complete it and return its report."""
+    marker = staging.root / _PUBLISHING
+    if not marker.is_file() or staging.run_options() != run_options:
+        return None
+    report = IngestReport(**json.loads(marker.read_text()))
+    if staging.dataset_dir.is_dir():
+        staging.publish()
+    if staging.previous_dir.exists():
+        shutil.rmtree(staging.previous_dir)
+    staging.remove()
+    return report
