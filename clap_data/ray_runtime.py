@@ -17,6 +17,8 @@ _EMBEDDED_OBJECT_STORE_BYTES = 512 * 1024 * 1024
 @contextmanager
 def ray_session(address: str | None, workers: int | None) -> Iterator[None]:
     """Make Ray available; shut it down afterwards only if this call started it."""
+    # Our progress bar and summary replace Ray Data's own console lines; its log file stays.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
     import ray
 
     started = False

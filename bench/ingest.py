@@ -1,0 +1,377 @@
+"""Benchmark the Astribot ingest pipeline against a raw read + remux loop on the same data.
+
+For each episode count: generate an Astribot S1 dataset with the factory, time a single-process
+baseline that only reads the parquet columns the reader uses and stream-copies every video with
+plain PyAV, then time ``clap_data.pipelines.ingest.ingest`` on the same files, sampling the peak
+RSS of the driver and of the driver plus every descendant (Ray's GCS, raylet and workers). The
+numbers are printed and written into ``bench/RESULTS.md``. Never run by ``make test``.
+
+    python bench/ingest.py [--episodes 100,1000] [--frames 60] [--workers 2] [--size 64x48] [--out bench/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import av
+import psutil
+import pyarrow
+import pyarrow.parquet as pq
+import ray
+
+import clap_data
+from clap_data.factories.astribot import write_astribot_dataset
+from clap_data.pipelines.ingest import IngestRequest, ingest
+from clap_data.ray_runtime import _EMBEDDED_OBJECT_STORE_BYTES  # Ray started here matches the pipeline's own
+from clap_data.sources.astribot import _READ_COLUMNS, AstribotSource  # the baseline reads what the reader reads
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_PATH = BENCH_DIR / "RESULTS.md"
+SAMPLE_SECONDS = 0.1
+MIB = 1024 * 1024
+
+RESULTS_HEADER = """\
+# Benchmark results
+
+Written by `bench/ingest.py` (see `bench/README.md`). Each section below is replaced when the
+same configuration is run again; other configurations are appended.
+
+**What the ratio means.** The *baseline* is the least work any converter of this data must do, in
+one process with no Ray and no validation: read the five parquet columns the Astribot reader uses
+and stream-copy every camera video into a new mp4 with plain PyAV. The *pipeline* is
+`clap_data.pipelines.ingest.ingest` on the same files, end to end (Ray start-up, conversion on
+`--workers` Ray workers, validation, staging, assembly of the LeRobot v3.0 dataset, publishing).
+**ratio = pipeline frames/s ÷ baseline frames/s**: 1.0 means the pipeline costs no more wall time
+than raw read+remux. The pipeline does several times the baseline's I/O per video (probe, decode
+check, copy, probe of the copy, and a second copy when assembly concatenates the episodes), so
+below 1 is the price of validation, Ray and assembly; the baseline uses one core while the
+pipeline uses `--workers`, which is what can push the ratio up. "excl. Ray init" leaves out
+`ray.init` (started by the benchmark just before `ingest`, which reuses it). Peak RSS is sampled
+every 0.1 s; "driver + Ray" sums RSS over the driver and all its descendant processes, so pages
+shared between processes (libraries, Ray's object store) are counted once per process: compare it
+across sizes, not with physical memory. Both runs read files the generator has just written
+(warm page cache).
+
+**Re-run:** `.venv/bin/python bench/ingest.py --episodes 100,1000 --frames 60 --workers 2`
+(`make bench` runs the defaults, which are the same).
+"""
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    seconds: float
+    frames: int
+    episodes: int
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    ray_init_seconds: float
+    ingest_seconds: float
+    frames: int
+    episodes: int
+    setup_seconds: float  # ingest start -> conversion starts (staging, listing)
+    first_episode_seconds: float  # conversion starts -> first episode back from a worker
+    convert_seconds: float
+    assemble_seconds: float  # assembly, publish and clean-up
+    driver_start_mib: float
+    driver_peak_mib: float
+    tree_peak_mib: float
+    processes_peak: int
+
+
+@dataclass(frozen=True)
+class SizeResult:
+    episodes: int
+    baseline: BaselineResult
+    pipeline: PipelineResult
+
+
+class PeakRss:
+    """Samples RSS in a background thread; a peak can come and go between two moments we could
+    look, so polling every 0.1 s is the cheapest way to see it without instrumenting Ray."""
+
+    def __init__(self, interval: float = SAMPLE_SECONDS):
+        self.interval = interval
+        self.driver_start = 0
+        self.driver_peak = 0
+        self.tree_peak = 0
+        self.processes_peak = 0
+        self._me = psutil.Process()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+
+    def _sample(self) -> None:
+        """One look at the driver and every process below it (Ray's workers are the raylet's children)."""
+        driver = self._me.memory_info().rss
+        tree, alive = driver, 1
+        for child in self._me.children(recursive=True):
+            try:
+                tree += child.memory_info().rss
+                alive += 1
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue  # exited between listing and reading: nothing to count
+        self.driver_peak = max(self.driver_peak, driver)
+        self.tree_peak = max(self.tree_peak, tree)
+        self.processes_peak = max(self.processes_peak, alive)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> PeakRss:
+        self.driver_start = self._me.memory_info().rss
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class PhaseClock:
+    """A pipeline Reporter that only notes when each phase begins, to split conversion from
+    assembly without touching the pipeline."""
+
+    def __init__(self) -> None:
+        self.converting = 0.0
+        self.assembling = 0.0
+        self.first_episode = 0.0
+
+    def phase(self, text: str) -> None:
+        now = time.perf_counter()
+        if text.startswith("Converting"):
+            self.converting = now
+        elif text.startswith("Assembling"):
+            self.assembling = now
+
+    def start(self, total: int, done: int) -> None:
+        pass
+
+    def advance(self, ok: bool, frames: int) -> None:
+        if not self.first_episode:
+            self.first_episode = time.perf_counter()
+
+    def stop(self) -> None:
+        pass
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", default="100,1000", help="comma-separated episode counts, one run each")
+    parser.add_argument("--frames", type=int, default=60, help="frames per episode")
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers (and num_cpus) for the pipeline")
+    parser.add_argument("--size", default="64x48", help="WIDTHxHEIGHT of every camera, as the factory takes it")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="scratch folder (gitignored bench/out)")
+    args = parser.parse_args(argv)
+    args.episode_counts = [int(n) for n in args.episodes.split(",") if n]
+    args.video_size = tuple(int(x) for x in args.size.lower().split("x"))
+    return args
+
+
+def machine_description() -> dict[str, str]:
+    """What the numbers depend on, so a reader can tell whether two result tables compare."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = models[0] if models else cpu
+    return {
+        "CPU": f"{os.cpu_count()} × {cpu}",
+        "RAM": f"{psutil.virtual_memory().total / 1024**3:.1f} GiB",
+        "Python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": f"clap-data {clap_data.__version__}, ray {ray.__version__}, av {av.__version__}, pyarrow {pyarrow.__version__}",
+    }
+
+
+def episode_files(root: Path) -> list[tuple[Path, list[Path]]]:
+    """Each episode's parquet file and camera videos, found from the on-disk layout rather than
+    through the source adapter, so the baseline shares no code with the pipeline."""
+    episodes = []
+    for data in sorted(root.glob("data/chunk-*/episode_*.parquet")):
+        videos = sorted(root.glob(f"videos/{data.parent.name}/*/{data.stem}.mp4"))
+        episodes.append((data, videos))
+    return episodes
+
+
+def remux(src: Path, dst: Path) -> None:
+    """Plain PyAV stream copy: every packet into a new mp4, timestamps as they come."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
+        in_stream = inp.streams.video[0]
+        out_stream = out.add_stream_from_template(in_stream, opaque=True)
+        for packet in inp.demux(in_stream):
+            if packet.dts is None:  # the demuxer's final flush packet
+                continue
+            packet.stream = out_stream
+            out.mux(packet)
+
+
+def run_baseline(root: Path, scratch: Path) -> BaselineResult:
+    """The floor any converter pays: read the columns, copy the videos; one process, no checks."""
+    episodes = episode_files(root)
+    frames = 0
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="baseline-") as tmp:
+        started = time.perf_counter()
+        for index, (data, videos) in enumerate(episodes):
+            frames += pq.read_table(data, columns=_READ_COLUMNS).num_rows
+            for camera, src in enumerate(videos):
+                remux(src, Path(tmp) / f"{index:06d}_{camera}.mp4")
+        seconds = time.perf_counter() - started
+    return BaselineResult(seconds, frames, len(episodes))
+
+
+def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
+    """Ingest end to end, with Ray started here first so its start-up can be told apart."""
+    clock = PhaseClock()
+    with PeakRss() as rss:
+        started = time.perf_counter()
+        ray.init(
+            num_cpus=workers,
+            include_dashboard=False,
+            object_store_memory=_EMBEDDED_OBJECT_STORE_BYTES,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
+        ray_ready = time.perf_counter()
+        try:
+            report = ingest(AstribotSource(root), IngestRequest(out=out, overwrite=True, workers=workers), clock)
+            finished = time.perf_counter()
+        finally:
+            ray.shutdown()
+    if report.quarantine or report.written != report.listed:
+        reasons = "; ".join(q["reason"] for q in report.quarantine[:3])
+        raise SystemExit(f"the pipeline wrote {report.written} of {report.listed} episodes: {reasons}")
+    return PipelineResult(
+        ray_init_seconds=ray_ready - started,
+        ingest_seconds=finished - ray_ready,
+        frames=report.frames,
+        episodes=report.written,
+        setup_seconds=clock.converting - ray_ready,
+        first_episode_seconds=clock.first_episode - clock.converting,
+        convert_seconds=clock.assembling - clock.converting,
+        assemble_seconds=finished - clock.assembling,
+        driver_start_mib=rss.driver_start / MIB,
+        driver_peak_mib=rss.driver_peak / MIB,
+        tree_peak_mib=rss.tree_peak / MIB,
+        processes_peak=rss.processes_peak,
+    )
+
+
+def run_size(episodes: int, args: argparse.Namespace) -> SizeResult:
+    """Generate one dataset, then measure the baseline and the pipeline on exactly those files."""
+    out: Path = args.out.resolve()
+    source = out / f"astribot_{episodes}x{args.frames}"
+    print(f"\n== {episodes} episodes × {args.frames} frames: generating {source}", flush=True)
+    started = time.perf_counter()
+    write_astribot_dataset(
+        source, episode_lengths=[args.frames] * episodes, video_size=args.video_size, reuse_videos=True, overwrite=True
+    )
+    print(f"   generated in {time.perf_counter() - started:.1f} s; baseline…", flush=True)
+    baseline = run_baseline(source, out)
+    print(f"   baseline {baseline.seconds:.1f} s; pipeline…", flush=True)
+    pipeline = run_pipeline(source, out / f"v3_{episodes}x{args.frames}", args.workers)
+    print(f"   pipeline {pipeline.ray_init_seconds + pipeline.ingest_seconds:.1f} s", flush=True)
+    if pipeline.frames != baseline.frames:
+        raise SystemExit(f"the pipeline wrote {pipeline.frames} frames, the baseline read {baseline.frames}")
+    return SizeResult(episodes, baseline, pipeline)
+
+
+def throughput_table(results: list[SizeResult]) -> str:
+    """Frames/s and episodes/s of both runs, and their ratio with and without Ray start-up."""
+    lines = [
+        "| episodes | frames | baseline s | baseline frames/s | baseline episodes/s | Ray init s | pipeline s "
+        "| pipeline frames/s | pipeline episodes/s | **ratio** | pipeline s excl. Ray init | frames/s excl. init | ratio excl. init |",
+        "|" + "---:|" * 13,
+    ]
+    for r in results:
+        b, p = r.baseline, r.pipeline
+        total = p.ray_init_seconds + p.ingest_seconds
+        b_fps, p_fps, x_fps = b.frames / b.seconds, p.frames / total, p.frames / p.ingest_seconds
+        lines.append(
+            f"| {r.episodes} | {p.frames} | {b.seconds:.2f} | {b_fps:,.0f} | {b.episodes / b.seconds:,.1f} "
+            f"| {p.ray_init_seconds:.2f} | {total:.2f} | {p_fps:,.0f} | {p.episodes / total:,.1f} | **{p_fps / b_fps:.2f}** "
+            f"| {p.ingest_seconds:.2f} | {x_fps:,.0f} | {x_fps / b_fps:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def breakdown_table(results: list[SizeResult]) -> str:
+    """Where the pipeline's time goes and how much memory it holds, per size."""
+    lines = [
+        "| episodes | setup s | first episode after s | convert s | assemble + publish s "
+        "| driver RSS before MiB | peak driver RSS MiB | peak driver + Ray RSS MiB | processes at most |",
+        "|" + "---:|" * 9,
+    ]
+    for r in results:
+        p = r.pipeline
+        lines.append(
+            f"| {r.episodes} | {p.setup_seconds:.2f} | {p.first_episode_seconds:.2f} | {p.convert_seconds:.2f} "
+            f"| {p.assemble_seconds:.2f} | {p.driver_start_mib:,.0f} | {p.driver_peak_mib:,.0f} "
+            f"| {p.tree_peak_mib:,.0f} | {p.processes_peak} |"
+        )
+    return "\n".join(lines)
+
+
+def config_key(args: argparse.Namespace) -> str:
+    """Identifies a configuration: re-running it replaces its section in RESULTS.md."""
+    return f"episodes={args.episodes} frames={args.frames} workers={args.workers} size={args.size}"
+
+
+def results_section(args: argparse.Namespace, command: str, machine: dict[str, str], results: list[SizeResult]) -> str:
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    machine_lines = "\n".join(f"- {name}: {value}" for name, value in machine.items())
+    return (
+        f"## {config_key(args)} ({date})\n\n"
+        f"Command: `{command}`\n\n{machine_lines}\n\n"
+        f"Throughput (baseline: 1 process; pipeline: {args.workers} Ray workers):\n\n{throughput_table(results)}\n\n"
+        f"Pipeline phases and peak memory:\n\n{breakdown_table(results)}\n"
+    )
+
+
+def update_results(path: Path, key: str, section: str) -> None:
+    """Replace this configuration's section (between its markers) or append it; the header is
+    written only when the file is new, so hand edits to it survive."""
+    begin, end = f"<!-- bench/ingest.py {key} -->", f"<!-- end bench/ingest.py {key} -->"
+    block = f"{begin}\n{section}{end}\n"
+    text = path.read_text() if path.is_file() else RESULTS_HEADER
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        text = before + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["python", "bench/ingest.py", *(sys.argv[1:] if argv is None else argv)])
+    machine = machine_description()
+    for name, value in machine.items():
+        print(f"{name}: {value}")
+    results = [run_size(n, args) for n in args.episode_counts]
+    print()
+    print(throughput_table(results))
+    print()
+    print(breakdown_table(results))
+    update_results(RESULTS_PATH, config_key(args), results_section(args, command, machine, results))
+    print(f"\nwritten to {RESULTS_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

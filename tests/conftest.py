@@ -1,0 +1,47 @@
+"""Shared fixtures: the real Astribot sample (or a factory-made stand-in) and a local Ray."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the network; the datasets cache of lerobot's loader goes to a temp dir.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="clap-hf-cache-"))
+
+from clap_data.factories.astribot import write_astribot_dataset  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REAL_ASTRIBOT = SHARED / "fixtures" / "astribot_s1_dummy"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for the in-process tests; the pipeline reuses an initialised Ray."""
+    import ray
+
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024 * 1024)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def real_astribot(tmp_path_factory) -> Path:
+    """The real sample from ../shared; in a clone without it, a factory dataset built like it
+    (two declared episodes, episode 1's files and every head video absent)."""
+    if REAL_ASTRIBOT.is_dir():
+        return REAL_ASTRIBOT
+    root = write_astribot_dataset(tmp_path_factory.mktemp("astribot_like") / "src", episode_lengths=(60, 50), video_size=(64, 48))
+    for path in list(root.rglob("episode_000001.*")) + list(root.rglob("images_dict.head.rgb/*.mp4")):
+        path.unlink()
+    return root
+
+
+@pytest.fixture(scope="session")
+def astribot_src(tmp_path_factory) -> Path:
+    """A clean factory dataset: three episodes of different lengths, all cameras."""
+    return write_astribot_dataset(tmp_path_factory.mktemp("astribot") / "src", episode_lengths=(40, 52, 45), video_size=(64, 48))
