@@ -303,8 +303,8 @@ def throughput_table(results: list[SizeResult]) -> str:
         b_fps, p_fps, x_fps = b.frames / b.seconds, p.frames / total, p.frames / p.ingest_seconds
         lines.append(
             f"| {r.episodes} | {p.frames} | {b.seconds:.2f} | {b_fps:,.0f} | {b.episodes / b.seconds:,.1f} "
-            f"| {p.ray_init_seconds:.2f} | {total:.2f} | {p_fps:,.0f} | {p.episodes / total:,.1f} | **{p_fps / b_fps:.2f}** "
-            f"| {p.ingest_seconds:.2f} | {x_fps:,.0f} | {x_fps / b_fps:.2f} |"
+            f"| {p.ray_init_seconds:.2f} | {total:.2f} | {p_fps:,.0f} | {p.episodes / total:,.1f} | **{p_fps / b_fps:.3f}** "
+            f"| {p.ingest_seconds:.2f} | {x_fps:,.0f} | {x_fps / b_fps:.3f} |"
         )
     return "\n".join(lines)
 
@@ -346,13 +346,13 @@ def update_results(path: Path, key: str, section: str) -> None:
     """Replace this configuration's section (between its markers) or append it; the header is
     written only when the file is new, so hand edits to it survive."""
     begin, end = f"<!-- bench/ingest.py {key} -->", f"<!-- end bench/ingest.py {key} -->"
-    block = f"{begin}\n{section}{end}\n"
+    block = f"{begin}\n{section}{end}"
     text = path.read_text() if path.is_file() else RESULTS_HEADER
     if begin in text and end in text:
         before, rest = text.split(begin, 1)
-        text = before + block + rest.split(end, 1)[1].lstrip("\n")
+        text = before + block + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n" + block
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
 
 

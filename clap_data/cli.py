@@ -43,7 +43,7 @@ def user_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, typer.TyperException):  # usage errors (BadParameter) exit 2
             raise
         except ClapDataError as exc:
             stderr.print(f"[red]error:[/red] {exc}", highlight=False)
@@ -107,10 +107,10 @@ def _print_ingest_summary(source_name: str, report: Any) -> None:
     stdout.print(table)
     if report.quarantine:
         quarantine = Table(title="quarantined episodes", title_justify="left", show_edge=False)
-        for column in ("episode", "check", "reason"):
+        for column in ("episode", "category", "reason"):
             quarantine.add_column(column, overflow="fold")
         for row in report.quarantine[:20]:
-            quarantine.add_row(row["source_episode"], row["check"], row["reason"])
+            quarantine.add_row(row["source_episode"], row["category"], row["reason"])
         stdout.print(quarantine)
         if len(report.quarantine) > 20:
             stdout.print(f"… and {len(report.quarantine) - 20} more: clap-data info {report.out}")
@@ -191,3 +191,7 @@ def info(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -50,7 +50,7 @@ class EpisodeOutcome:
     source_episode: str
     status: str  # "ok" | "quarantined" | "resumed"
     frames: int
-    check: str = ""
+    category: str = ""
     file: str = ""
     reason: str = ""
     seconds: float = 0.0
@@ -141,7 +141,7 @@ def convert_episode(source: Source, ref: EpisodeRef, staging: StagingArea, optio
         return EpisodeOutcome(ref.order, ref.source_episode, "ok", frames, seconds=time.perf_counter() - started)
     except EpisodeRejected as rejected:
         outcome = EpisodeOutcome(
-            ref.order, ref.source_episode, "quarantined", 0, rejected.check, rejected.file or ref.path,
+            ref.order, ref.source_episode, "quarantined", 0, rejected.category, rejected.file or ref.path,
             rejected.reason, time.perf_counter() - started,
         )
     except Exception as exc:  # one unexpected episode must not sink a 100k-episode run

@@ -111,7 +111,7 @@ def _assemble(source: Source, refs: list[EpisodeRef], staging: StagingArea, clap
             problem = assembler.check_episode(record)
             if problem:
                 quarantine[ref.order] = {
-                    "order": ref.order, "source_episode": ref.source_episode, "check": "inconsistent_video",
+                    "order": ref.order, "source_episode": ref.source_episode, "category": "inconsistent_video",
                     "file": ref.path, "reason": f"episode {ref.source_episode}: {problem}",
                 }
                 continue

@@ -10,6 +10,7 @@ import pytest
 
 # Tests never reach the network; the datasets cache of lerobot's loader goes to a temp dir.
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["COLUMNS"] = "200"  # rich reads it when the CLI consoles are created: no wrapping in asserted output
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="clap-hf-cache-"))
 
 from clap_data.factories.astribot import write_astribot_dataset  # noqa: E402

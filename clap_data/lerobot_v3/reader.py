@@ -46,7 +46,7 @@ def dataset_summary(root: Path) -> dict[str, Any]:
         "source": clap_meta.get("source", {}),
         "notices": clap_meta.get("notices", []),
         "quarantine": [
-            {"episode": row["source_episode"], "reason": row["reason"], "check": row["check"], "file": row["file"]}
+            {"episode": row["source_episode"], "reason": row["reason"], "category": row["category"], "file": row["file"]}
             for row in rows
         ],
     }

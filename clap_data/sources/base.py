@@ -17,11 +17,11 @@ from numpy.typing import NDArray
 
 
 class EpisodeRejected(Exception):
-    """One episode cannot be ingested. ``check`` is a stable category for scripts and DuckDB."""
+    """One episode cannot be ingested. ``category`` is a stable name for scripts and DuckDB."""
 
-    def __init__(self, check: str, file: str | None, reason: str):
+    def __init__(self, category: str, file: str | None, reason: str):
         super().__init__(reason)
-        self.check = check
+        self.category = category
         self.file = file
         self.reason = reason
 

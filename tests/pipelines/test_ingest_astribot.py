@@ -67,7 +67,7 @@ def test_real_sample_reports_missing_episode_and_head_camera(real_ingest):
     _, report = real_ingest
     assert report.exit_code == ExitCode.QUARANTINED
     assert (report.listed, report.written) == (2, 1)
-    assert [(q["source_episode"], q["check"]) for q in report.quarantine] == [("000001", "missing_file")]
+    assert [(q["source_episode"], q["category"]) for q in report.quarantine] == [("000001", "missing_file")]
     assert "data/chunk-000/episode_000001.parquet is missing" in report.quarantine[0]["reason"]
     assert report.cameras == ["wrist_left", "wrist_right"]
     assert any("camera head (images_dict.head.rgb)" in notice for notice in report.notices)

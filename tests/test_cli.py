@@ -1,0 +1,125 @@
+"""The command line as a user runs it: exit statuses, one-sentence errors, `info --json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clap_data.cli import app
+from tests.reference import copy_source
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def real_output(real_astribot, tmp_path_factory, ray_local) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("cli") / "astribot_v3"
+    result = run("ingest", "astribot", "--src", str(real_astribot), "--out", str(out), "--workers", "2")
+    return out, result
+
+
+def test_ingest_prints_summary_and_exits_3_for_quarantine(real_output):
+    _, result = real_output
+    assert result.exit_code == 3
+    assert "1 written, 1 quarantined" in result.output
+    assert "episode_000001.parquet is missing" in result.output
+    assert "camera head (images_dict.head.rgb)" in result.output
+    assert "exit status 3" in result.output
+
+
+def test_info_json_has_the_documented_fields(real_output, real_astribot):
+    out, _ = real_output
+    result = run("info", str(out), "--json")
+    assert result.exit_code == 0
+    summary = json.loads(result.output)
+    frames = json.loads((real_astribot / "meta/episodes.jsonl").read_text().splitlines()[0])["length"]
+    assert summary["episodes"] == 1
+    assert summary["frames"] == frames
+    assert summary["fps"] == 30
+    assert summary["robot_type"] == "S1-stationary"
+    assert summary["cameras"] == ["wrist_left", "wrist_right"]
+    assert summary["schema_version"] == 1
+    assert summary["token_columns"] == []
+    assert summary["quarantine"] == [
+        {"episode": "000001", "reason": "data file data/chunk-000/episode_000001.parquet is missing",
+         "category": "missing_file", "file": "data/chunk-000/episode_000001.parquet"}
+    ]
+
+
+def test_info_screen_lists_quarantine(real_output):
+    out, _ = real_output
+    result = run("info", str(out))
+    assert result.exit_code == 0
+    assert "S1-stationary" in result.output and "000001" in result.output
+
+
+def test_second_run_refuses_to_overwrite_a_finished_dataset(real_output, real_astribot):
+    out, _ = real_output
+    before = (out / "meta/info.json").read_bytes()
+    result = run("ingest", "astribot", "--src", str(real_astribot), "--out", str(out))
+    assert result.exit_code == 1
+    assert "already holds a dataset; add --overwrite" in result.output
+    assert (out / "meta/info.json").read_bytes() == before
+
+
+def test_info_refuses_an_unknown_schema_version(real_output, tmp_path):
+    out, _ = real_output
+    copy = copy_source(out, tmp_path / "copy")
+    meta = json.loads((copy / "meta/clap_data.json").read_text())
+    meta["schema_version"] = 99
+    (copy / "meta/clap_data.json").write_text(json.dumps(meta))
+    result = run("info", str(copy))
+    assert result.exit_code == 1
+    assert "version 99" in result.output and "upgrade clap-data" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (lambda root: (root / "meta/info.json").unlink(), "metadata file"),
+        (lambda root: (root / "meta/info.json").write_text("{not json"), "cannot be read"),
+        (lambda root: (root / "meta/episodes.jsonl").write_text("{}\n{oops\n"), "line 2 is not valid JSON"),
+    ],
+)
+def test_unreadable_metadata_fails_with_one_sentence(astribot_src, tmp_path, break_it, message):
+    root = copy_source(astribot_src, tmp_path / "src")
+    break_it(root)
+    result = run("ingest", "astribot", "--src", str(root), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resize", "224"], "HEIGHTxWIDTH"),
+        (["--vcodec", "mpeg2"], "not one of h264, hevc, av1"),
+        (["--workers", "0"], "--workers"),
+    ],
+)
+def test_bad_arguments_exit_2(astribot_src, tmp_path, args, message):
+    result = runner.invoke(app, ["ingest", "astribot", "--src", str(astribot_src), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_camera_errors_name_the_camera(astribot_src, real_astribot, tmp_path):
+    result = run("ingest", "astribot", "--src", str(astribot_src), "--out", str(tmp_path / "o"), "--cameras", "wrist_left,belly")
+    assert result.exit_code == 1 and "unknown camera 'belly'" in result.output
+    result = run("ingest", "astribot", "--src", str(real_astribot), "--out", str(tmp_path / "o"), "--cameras", "head")
+    assert result.exit_code == 1 and "camera head was requested but none of its video files exist" in result.output
+
+
+def test_missing_source_folder(tmp_path):
+    result = run("ingest", "astribot", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 1 and "does not exist" in result.output
