@@ -154,14 +154,14 @@ def ingest(source: Source, request: IngestRequest, reporter: Reporter | None = N
         for notice in source.notices:
             reporter.phase(f"note: {notice}")
         reporter.phase(f"Converting {len(todo)} of {len(refs)} episodes" + (f" ({report.resumed} already staged)" if report.resumed else ""))
-        reporter.start(len(refs), report.resumed)
-        try:
-            if todo:
-                with ray_session(request.address, request.workers):
+        if todo:
+            with ray_session(request.address, request.workers):
+                reporter.start(len(refs), report.resumed)
+                try:
                     for outcome in _convert_on_ray(source, todo, staging, request.video, request.workers):
                         reporter.advance(outcome.status != "quarantined", outcome.frames)
-        finally:
-            reporter.stop()
+                finally:
+                    reporter.stop()
         reporter.phase("Assembling the LeRobot v3.0 dataset")
         clap_meta = {
             "embodiment": source.embodiment,

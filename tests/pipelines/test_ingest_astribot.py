@@ -17,8 +17,8 @@ from clap_data.errors import ExitCode
 from clap_data.factories.astribot import expected_gray_level
 from clap_data.pipelines.ingest import IngestRequest, ingest
 from clap_data.sources.astribot import CAMERA_KEYS, AstribotSource
-from clap_data.video import iter_rgb_frames
-from tests.reference import reference_canonical
+from clap_data.video import iter_rgb_frames, reencode
+from tests.reference import copy_source, reference_canonical
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -126,3 +126,17 @@ def test_resize_reencodes_to_the_requested_size(astribot_src, tmp_path):
     frame = dataset[5]["observation.images.head"]
     assert tuple(frame.shape) == (3, 32, 48)
     assert abs(frame.mean().item() * 255 - expected_gray_level(0, 5, "head")) < 8
+
+
+def test_episodes_with_other_codec_parameters_go_to_their_own_video_file(astribot_src, tmp_path):
+    root = copy_source(astribot_src, tmp_path / "src")
+    head_1 = source_video(root, 1, "head")
+    reencode(head_1, tmp_path / "other.mp4", fps=30, size=None, codec="hevc", gop=4, crf=20)
+    (tmp_path / "other.mp4").replace(head_1)
+    ingest(AstribotSource(root, cameras=["head"]), IngestRequest(out=tmp_path / "out"))
+    dataset = load(tmp_path / "out")
+    files = [dataset.meta.episodes[i]["videos/observation.images.head/file_index"] for i in range(3)]
+    assert files == [0, 1, 2]
+    assert dataset.meta.episodes[1]["videos/observation.images.head/from_timestamp"] == 0.0
+    for episode in range(3):
+        assert_episode_matches_source(dataset, episode, root, episode)

@@ -1,0 +1,125 @@
+"""clap_data.video on real encoded MP4s: probing, validation, stream copy onto a regular clock
+(offset, jittered and B-frame sources), concatenation."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from clap_data import video
+
+X265_NO_B = {"x265-params": "keyint=2:min-keyint=2:bframes=0:log-level=error"}
+
+
+def encode(path: Path, codec: str, frames: int = 20, options: dict | None = None,
+           pts=lambda i: i, time_base: Fraction = Fraction(1, 30), size: tuple[int, int] = (64, 48)) -> Path:
+    """Flat frames whose gray level encodes the frame index (robust to compression)."""
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=30)
+        stream.width, stream.height, stream.pix_fmt, stream.time_base = width, height, "yuv420p", time_base
+        stream.options = options or {}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 20 + 11 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts(i), time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def gray_levels(path: Path) -> list[int]:
+    return [int(round(f.mean())) for _, f in video.iter_rgb_frames(path)]
+
+
+def timestamps(path: Path) -> list[float]:
+    return [t for t, _ in video.iter_rgb_frames(path)]
+
+
+def test_probe_counts_frames_and_fingerprints_codec_parameters(tmp_path):
+    a = video.probe_video(encode(tmp_path / "a.mp4", "libx265", options=X265_NO_B))
+    b = video.probe_video(encode(tmp_path / "b.mp4", "libx265", options={"x265-params": "keyint=4:bframes=0:crf=20:log-level=error"}))
+    assert (a.codec, a.width, a.height, a.frame_count, a.decode_delay) == ("hevc", 64, 48, 20, 0)
+    assert a.codec_fingerprint != b.codec_fingerprint
+
+
+@pytest.mark.parametrize(
+    ("pts", "time_base"),
+    [
+        (lambda i: 9000 + 3000 * i, Fraction(1, 90000)),  # clock starting at 0.1 s
+        (lambda i: 3000 * i + (700 if i % 3 == 1 else 0), Fraction(1, 90000)),  # jittered clock
+    ],
+)
+def test_copy_puts_frame_i_at_i_over_fps_and_keeps_pixels(tmp_path, pts, time_base):
+    src = encode(tmp_path / "src.mp4", "libx264", options={"bf": "0", "g": "2"}, pts=pts, time_base=time_base)
+    dst = tmp_path / "dst.mp4"
+    video.copy_with_frame_timestamps(src, dst, video.probe_video(src), fps=30)
+    assert timestamps(dst) == pytest.approx([i / 30 for i in range(20)], abs=1e-9)
+    assert [f.tobytes() for _, f in video.iter_rgb_frames(dst)] == [f.tobytes() for _, f in video.iter_rgb_frames(src)]
+
+
+def test_copy_handles_b_frames(tmp_path):
+    src = encode(tmp_path / "bf.mp4", "libx264", options={"bf": "2", "g": "8"})
+    probe = video.probe_video(src)
+    assert probe.decode_delay > 0
+    dst = tmp_path / "dst.mp4"
+    video.copy_with_frame_timestamps(src, dst, probe, fps=30)
+    assert timestamps(dst) == pytest.approx([i / 30 for i in range(20)], abs=1e-9)
+    assert gray_levels(dst) == gray_levels(src)
+
+
+def test_concatenation_offsets_each_episode_and_refuses_other_codec_parameters(tmp_path):
+    episodes = []
+    for name, frames in (("a", 12), ("b", 7)):
+        src = encode(tmp_path / f"{name}.mp4", "libx265", frames=frames, options=X265_NO_B)
+        regular = tmp_path / f"{name}_regular.mp4"
+        video.copy_with_frame_timestamps(src, regular, video.probe_video(src), fps=30)
+        episodes.append((regular, video.probe_video(regular)))
+    joined = video.VideoConcatenator(tmp_path / "joined.mp4", fps=30)
+    spans = [joined.append(path, probe.frame_count, probe.codec_fingerprint) for path, probe in episodes]
+    with pytest.raises(video.VideoError, match="other codec parameters"):
+        joined.append(episodes[0][0], 12, "another fingerprint")
+    joined.close()
+    assert spans == [(0.0, pytest.approx(12 / 30)), (pytest.approx(12 / 30), pytest.approx(19 / 30))]
+    assert timestamps(tmp_path / "joined.mp4") == pytest.approx([i / 30 for i in range(19)], abs=1e-9)
+    assert gray_levels(tmp_path / "joined.mp4") == gray_levels(episodes[0][0]) + gray_levels(episodes[1][0])
+
+
+def test_validation_reports_truncated_and_garbage_files(tmp_path):
+    good = encode(tmp_path / "good.mp4", "libx265", options=X265_NO_B)
+    probe = video.probe_video(good)
+    video.check_decodes(good, probe, full=False)
+    video.check_decodes(good, probe, full=True)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(video.VideoError, match="cannot be opened"):
+        video.probe_video(truncated)
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\x00" * 4096)
+    with pytest.raises(video.VideoError):
+        video.probe_video(garbage)
+
+
+def test_reencode_resizes_with_the_chosen_codec(tmp_path):
+    src = encode(tmp_path / "src.mp4", "libx265", options=X265_NO_B)
+    dst = tmp_path / "small.mp4"
+    video.reencode(src, dst, fps=30, size=(32, 48), codec="h264", gop=2, crf=18)
+    probe = video.probe_video(dst)
+    assert (probe.codec, probe.height, probe.width, probe.frame_count) == ("h264", 32, 48, 20)
+    assert np.abs(np.array(gray_levels(dst)) - np.array(gray_levels(src))).max() <= 3
+
+
+@pytest.mark.parametrize(("text", "size"), [("224x224", (224, 224)), ("360X640", (360, 640))])
+def test_parse_size(text, size):
+    assert video.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["224", "0x10", "223x224", "axb"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError):
+        video.parse_size(text)
