@@ -83,13 +83,13 @@ def probe_video(path: Path) -> VideoProbe:
             raise VideoError("has no keyframe")
         extradata = bytes(ctx.extradata or b"")
         fingerprint = hashlib.sha256(
-            f"{ctx.name}|{ctx.width}x{ctx.height}|{ctx.pix_fmt}|".encode() + extradata
+            f"{ctx.codec.canonical_name}|{ctx.width}x{ctx.height}|{ctx.pix_fmt}|".encode() + extradata
         ).hexdigest()
         order = np.argsort(np.asarray(pts_list), kind="stable")
         rank = np.empty(len(pts_list), dtype=np.int64)
         rank[order] = np.arange(len(pts_list))
         return VideoProbe(
-            codec=ctx.name,
+            codec=ctx.codec.canonical_name,
             width=ctx.width,
             height=ctx.height,
             pix_fmt=ctx.pix_fmt or "unknown",

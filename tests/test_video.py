@@ -123,3 +123,11 @@ def test_parse_size(text, size):
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError):
         video.parse_size(text)
+
+
+def test_av1_is_reported_by_its_codec_name_not_the_decoder(tmp_path):
+    src = encode(tmp_path / "src.mp4", "libx265", options=X265_NO_B)
+    dst = tmp_path / "av1.mp4"
+    video.reencode(src, dst, fps=30, size=None, codec="av1", gop=2, crf=30)
+    probe = video.probe_video(dst)
+    assert (probe.codec, probe.frame_count) == ("av1", 20)  # the decoder is libdav1d
