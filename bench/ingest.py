@@ -58,11 +58,15 @@ than raw read+remux. The pipeline does several times the baseline's I/O per vide
 check, copy, probe of the copy, and a second copy when assembly concatenates the episodes), so
 below 1 is the price of validation, Ray and assembly; the baseline uses one core while the
 pipeline uses `--workers`, which is what can push the ratio up. "excl. Ray init" leaves out
-`ray.init` (started by the benchmark just before `ingest`, which reuses it). Peak RSS is sampled
-every 0.1 s; "driver + Ray" sums RSS over the driver and all its descendant processes, so pages
-shared between processes (libraries, Ray's object store) are counted once per process: compare it
-across sizes, not with physical memory. Both runs read files the generator has just written
-(warm page cache).
+`ray.init` (started by the benchmark just before `ingest`, which reuses it).
+
+**Other columns.** *first episode after*: from the start of conversion to the first episode back
+from a worker (Ray Data start-up). *other processes (cores)*: average cores that processes other
+than the benchmark's kept busy during the run; above ~0.2 on a 2-core machine the timings are
+disturbed. Peak RSS is sampled every 0.1 s; "driver + Ray" sums RSS over the driver and all its
+descendants, so pages shared between processes (libraries, Ray's object store) are counted once
+per process: compare it across sizes, not with physical memory. Both runs read files the
+generator has just written (warm page cache).
 
 **Re-run:** `.venv/bin/python bench/ingest.py --episodes 100,1000 --frames 60 --workers 2`
 (`make bench` runs the defaults, which are the same).
@@ -74,6 +78,8 @@ class BaselineResult:
     seconds: float
     frames: int
     episodes: int
+    driver_peak_mib: float
+    other_cores: float  # average cores other processes kept busy meanwhile
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class PipelineResult:
     driver_peak_mib: float
     tree_peak_mib: float
     processes_peak: int
+    other_cores: float  # average cores other processes kept busy meanwhile
 
 
 @dataclass(frozen=True)
@@ -99,9 +106,20 @@ class SizeResult:
     pipeline: PipelineResult
 
 
-class PeakRss:
-    """Samples RSS in a background thread; a peak can come and go between two moments we could
-    look, so polling every 0.1 s is the cheapest way to see it without instrumenting Ray."""
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (steal included: it is time we did not get)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
+
+
+class Monitor:
+    """Samples the driver and its descendants every 0.1 s in a background thread.
+
+    Peak RSS can come and go between two moments we could look, so polling is the cheapest way
+    to see it without instrumenting Ray. The CPU time of our processes, set against the whole
+    machine's, tells how much other work shared the cores: a benchmark on a shared 2-core machine
+    means little without it.
+    """
 
     def __init__(self, interval: float = SAMPLE_SECONDS):
         self.interval = interval
@@ -109,20 +127,26 @@ class PeakRss:
         self.driver_peak = 0
         self.tree_peak = 0
         self.processes_peak = 0
+        self.other_cores = 0.0  # average cores busy with processes that are not ours
         self._me = psutil.Process()
+        self._cpu_by_pid: dict[int, float] = {}  # last seen, so exited workers still count
+        self._started = (0.0, 0.0)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
 
     def _sample(self) -> None:
         """One look at the driver and every process below it (Ray's workers are the raylet's children)."""
-        driver = self._me.memory_info().rss
-        tree, alive = driver, 1
-        for child in self._me.children(recursive=True):
+        tree = driver = alive = 0
+        for process in [self._me, *self._me.children(recursive=True)]:
             try:
-                tree += child.memory_info().rss
-                alive += 1
+                rss = process.memory_info().rss
+                cpu = process.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue  # exited between listing and reading: nothing to count
+            driver = rss if process.pid == self._me.pid else driver
+            tree += rss
+            alive += 1
+            self._cpu_by_pid[process.pid] = cpu.user + cpu.system
         self.driver_peak = max(self.driver_peak, driver)
         self.tree_peak = max(self.tree_peak, tree)
         self.processes_peak = max(self.processes_peak, alive)
@@ -131,15 +155,20 @@ class PeakRss:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> Monitor:
         self.driver_start = self._me.memory_info().rss
         self._sample()
+        self._started = (time.perf_counter(), busy_cpu_seconds() - sum(self._cpu_by_pid.values()))
         self._thread.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
+        wall = time.perf_counter() - self._started[0]
+        others = busy_cpu_seconds() - sum(self._cpu_by_pid.values()) - self._started[1]
+        self.other_cores = max(0.0, others / wall)
 
 
 class PhaseClock:
@@ -224,20 +253,20 @@ def run_baseline(root: Path, scratch: Path) -> BaselineResult:
     """The floor any converter pays: read the columns, copy the videos; one process, no checks."""
     episodes = episode_files(root)
     frames = 0
-    with tempfile.TemporaryDirectory(dir=scratch, prefix="baseline-") as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="baseline-") as tmp, Monitor() as monitor:
         started = time.perf_counter()
         for index, (data, videos) in enumerate(episodes):
             frames += pq.read_table(data, columns=_READ_COLUMNS).num_rows
             for camera, src in enumerate(videos):
                 remux(src, Path(tmp) / f"{index:06d}_{camera}.mp4")
         seconds = time.perf_counter() - started
-    return BaselineResult(seconds, frames, len(episodes))
+    return BaselineResult(seconds, frames, len(episodes), monitor.driver_peak / MIB, monitor.other_cores)
 
 
 def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
     """Ingest end to end, with Ray started here first so its start-up can be told apart."""
     clock = PhaseClock()
-    with PeakRss() as rss:
+    with Monitor() as monitor:
         started = time.perf_counter()
         ray.init(
             num_cpus=workers,
@@ -264,10 +293,11 @@ def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
         first_episode_seconds=clock.first_episode - clock.converting,
         convert_seconds=clock.assembling - clock.converting,
         assemble_seconds=finished - clock.assembling,
-        driver_start_mib=rss.driver_start / MIB,
-        driver_peak_mib=rss.driver_peak / MIB,
-        tree_peak_mib=rss.tree_peak / MIB,
-        processes_peak=rss.processes_peak,
+        driver_start_mib=monitor.driver_start / MIB,
+        driver_peak_mib=monitor.driver_peak / MIB,
+        tree_peak_mib=monitor.tree_peak / MIB,
+        processes_peak=monitor.processes_peak,
+        other_cores=monitor.other_cores,
     )
 
 
@@ -309,18 +339,33 @@ def throughput_table(results: list[SizeResult]) -> str:
     return "\n".join(lines)
 
 
-def breakdown_table(results: list[SizeResult]) -> str:
-    """Where the pipeline's time goes and how much memory it holds, per size."""
+def phases_table(results: list[SizeResult]) -> str:
+    """Where the pipeline's time goes, and how busy other processes kept the machine meanwhile."""
     lines = [
         "| episodes | setup s | first episode after s | convert s | assemble + publish s "
-        "| driver RSS before MiB | peak driver RSS MiB | peak driver + Ray RSS MiB | processes at most |",
-        "|" + "---:|" * 9,
+        "| other processes, baseline (cores) | other processes, pipeline (cores) |",
+        "|" + "---:|" * 7,
     ]
     for r in results:
         p = r.pipeline
         lines.append(
             f"| {r.episodes} | {p.setup_seconds:.2f} | {p.first_episode_seconds:.2f} | {p.convert_seconds:.2f} "
-            f"| {p.assemble_seconds:.2f} | {p.driver_start_mib:,.0f} | {p.driver_peak_mib:,.0f} "
+            f"| {p.assemble_seconds:.2f} | {r.baseline.other_cores:.2f} | {p.other_cores:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def memory_table(results: list[SizeResult]) -> str:
+    """Peak RSS per size: flat across sizes is what bounded, streaming work looks like."""
+    lines = [
+        "| episodes | baseline: peak driver RSS MiB | pipeline: driver RSS before MiB | peak driver RSS MiB "
+        "| peak driver + Ray RSS MiB | processes at most |",
+        "|" + "---:|" * 6,
+    ]
+    for r in results:
+        p = r.pipeline
+        lines.append(
+            f"| {r.episodes} | {r.baseline.driver_peak_mib:,.0f} | {p.driver_start_mib:,.0f} | {p.driver_peak_mib:,.0f} "
             f"| {p.tree_peak_mib:,.0f} | {p.processes_peak} |"
         )
     return "\n".join(lines)
@@ -338,7 +383,8 @@ def results_section(args: argparse.Namespace, command: str, machine: dict[str, s
         f"## {config_key(args)} ({date})\n\n"
         f"Command: `{command}`\n\n{machine_lines}\n\n"
         f"Throughput (baseline: 1 process; pipeline: {args.workers} Ray workers):\n\n{throughput_table(results)}\n\n"
-        f"Pipeline phases and peak memory:\n\n{breakdown_table(results)}\n"
+        f"Pipeline phases:\n\n{phases_table(results)}\n\n"
+        f"Peak memory (RSS sampled every {SAMPLE_SECONDS} s):\n\n{memory_table(results)}\n"
     )
 
 
@@ -367,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(throughput_table(results))
     print()
-    print(breakdown_table(results))
+    print(phases_table(results))
+    print()
+    print(memory_table(results))
     update_results(RESULTS_PATH, config_key(args), results_section(args, command, machine, results))
     print(f"\nwritten to {RESULTS_PATH}")
     return 0

@@ -19,12 +19,14 @@ import pyarrow.parquet as pq
 
 from clap_data import video
 from clap_data.atomic import building_dir
+from clap_data.lerobot_v3.stats import image_stats
 from clap_data.schemas import data_arrow_schema, frame_features
 from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, Source
 from clap_data.staging import StagingArea
 
 STAGED_FRAMES = "frames.parquet"
 STAGED_RECORD = "episode.json"
+IMAGE_STATS_KEYFRAMES = 16  # per camera and episode; lerobot decodes up to ~100 frames, we sample keyframes
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,11 @@ def _stage_video(source_file: Path, relative: str, frames: int, target: Path, fp
         else:
             video.copy_with_frame_timestamps(source_file, target, probe, fps)
         written = video.probe_video(target)
+        pixels = image_stats(video.sample_keyframes(target, IMAGE_STATS_KEYFRAMES))
     except video.VideoError as exc:
         raise EpisodeRejected("bad_video", relative, f"video file {relative} {exc}") from None
     return {
+        "image_stats": {name: value.tolist() for name, value in pixels.items()},
         "frame_count": written.frame_count,
         "codec": written.codec,
         "width": written.width,

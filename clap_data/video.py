@@ -228,6 +228,28 @@ class VideoConcatenator:
             self._out = None
 
 
+def sample_keyframes(path: Path, count: int, target_side: int = 150, threshold_side: int = 300) -> np.ndarray:
+    """Up to ``count`` keyframes spread over the video, as ``[k, H, W, 3]`` uint8.
+
+    Keyframes decode on their own, so sampling them costs one decode each (a handful of
+    milliseconds) instead of decoding the episode. Frames whose long side reaches
+    ``threshold_side`` are strided down to about ``target_side``, as lerobot does for its image
+    statistics.
+    """
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        keyframes = [p.pts for p in container.demux(stream) if p.size and p.is_keyframe and p.pts is not None]
+        picks = sorted({keyframes[int(i)] for i in np.linspace(0, len(keyframes) - 1, min(count, len(keyframes)))})
+        frames = []
+        for pts in picks:
+            container.seek(pts, stream=stream, backward=True, any_frame=False)
+            frame = next(iter(container.decode(stream))).to_ndarray(format="rgb24")
+            long_side = max(frame.shape[:2])
+            stride = long_side // target_side if long_side >= threshold_side else 1
+            frames.append(frame[::stride, ::stride])
+    return np.stack(frames)
+
+
 def iter_rgb_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
     """Every frame as ``(timestamp_s, HxWx3 uint8)`` in display order: for checks and tests."""
     with _open(path) as container:

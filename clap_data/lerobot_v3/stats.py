@@ -30,6 +30,16 @@ def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
     return stats
 
 
+def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel stats of ``[k, H, W, 3]`` uint8 frames, in [0, 1] and shaped ``[3, 1, 1]``,
+    the form lerobot's normalisers expect for camera features."""
+    pixels = frames.reshape(-1, 3).astype(np.float64) / 255.0
+    stats = feature_stats(pixels)
+    shaped = {name: value.reshape(3, 1, 1) for name, value in stats.items() if name != "count"}
+    shaped["count"] = np.array([len(frames)], dtype=np.int64)
+    return shaped
+
+
 class StatsAggregator:
     """Running dataset statistics; holds O(features), never frames."""
 

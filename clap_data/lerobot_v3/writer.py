@@ -173,6 +173,7 @@ class DatasetAssembler:
                 staged_dir / "videos" / f"{camera}.mp4", info["frame_count"], info["fingerprint"]
             )
             key = camera_feature_key(camera)
+            self._add_stats(row, key, {name: np.asarray(value) for name, value in info["image_stats"].items()})
             row[f"videos/{key}/chunk_index"] = chunk
             row[f"videos/{key}/file_index"] = file
             row[f"videos/{key}/from_timestamp"] = start
@@ -184,16 +185,19 @@ class DatasetAssembler:
                 if pa.types.is_fixed_size_list(column.type)
                 else column.to_numpy()
             )
-            stats = feature_stats(values)
-            self._stats.add(key, stats)
-            for name, value in stats.items():
-                row[f"stats/{key}/{name}"] = value.tolist()
+            self._add_stats(row, key, feature_stats(values))
         row.update({f"source/{k}": v for k, v in provenance.items()})
         self._pending_meta.append(row)
         if len(self._pending_meta) >= _META_BATCH:
             self._flush_meta()
         self.episodes += 1
         self.frames += frames
+
+    def _add_stats(self, row: dict[str, Any], key: str, stats: dict[str, np.ndarray]) -> None:
+        """Record one episode's stats of a feature: in its metadata row and in the dataset total."""
+        self._stats.add(key, stats)
+        for name, value in stats.items():
+            row[f"stats/{key}/{name}"] = value.tolist()
 
     def _flush_meta(self) -> None:
         """Episode metadata goes out in batches of ``_META_BATCH``, which divides the rows per file,

@@ -101,6 +101,16 @@ def test_output_is_v3_layout_with_stats_and_provenance(real_ingest, real_astribo
     assert episodes[0]["tasks"] == declared["tasks"]
 
 
+def test_camera_stats_are_per_channel_in_lerobot_form(real_ingest, real_astribot):
+    out, _ = real_ingest
+    stats = load(out).meta.stats["observation.images.wrist_left"]
+    assert stats["mean"].shape == (3, 1, 1) and stats["q99"].shape == (3, 1, 1)
+    assert ((0 <= stats["min"]) & (stats["min"] <= stats["mean"]) & (stats["mean"] <= stats["max"]) & (stats["max"] <= 1)).all()
+    # Sampled keyframes estimate the mean colour of every frame of the episode.
+    frames = np.stack([f for _, f in iter_rgb_frames(source_video(real_astribot, 0, "wrist_left"))])
+    np.testing.assert_allclose(stats["mean"].ravel(), frames.reshape(-1, 3).mean(axis=0) / 255, atol=0.03)
+
+
 def test_clean_factory_dataset_exits_ok_and_keeps_every_camera(astribot_src, tmp_path):
     report = ingest(AstribotSource(astribot_src), IngestRequest(out=tmp_path / "out"))
     assert report.exit_code == ExitCode.OK
