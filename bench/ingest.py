@@ -130,7 +130,8 @@ class Monitor:
         self.other_cores = 0.0  # average cores busy with processes that are not ours
         self._me = psutil.Process()
         self._cpu_by_pid: dict[int, float] = {}  # last seen, so exited workers still count
-        self._started = (0.0, 0.0)
+        self._started = 0.0
+        self._others_at_start = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
 
@@ -158,7 +159,8 @@ class Monitor:
     def __enter__(self) -> Monitor:
         self.driver_start = self._me.memory_info().rss
         self._sample()
-        self._started = (time.perf_counter(), busy_cpu_seconds() - sum(self._cpu_by_pid.values()))
+        self._started = time.perf_counter()
+        self._others_at_start = busy_cpu_seconds() - sum(self._cpu_by_pid.values())
         self._thread.start()
         return self
 
@@ -166,9 +168,8 @@ class Monitor:
         self._stop.set()
         self._thread.join()
         self._sample()
-        wall = time.perf_counter() - self._started[0]
-        others = busy_cpu_seconds() - sum(self._cpu_by_pid.values()) - self._started[1]
-        self.other_cores = max(0.0, others / wall)
+        others = busy_cpu_seconds() - sum(self._cpu_by_pid.values()) - self._others_at_start
+        self.other_cores = max(0.0, others / (time.perf_counter() - self._started))
 
 
 class PhaseClock:
@@ -199,6 +200,7 @@ class PhaseClock:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options of the module docstring; ``--size`` is WIDTHxHEIGHT because the factory takes it so."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", default="100,1000", help="comma-separated episode counts, one run each")
     parser.add_argument("--frames", type=int, default=60, help="frames per episode")
@@ -281,6 +283,8 @@ def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
             finished = time.perf_counter()
         finally:
             ray.shutdown()
+    if not (clock.converting and clock.assembling and clock.first_episode):
+        raise SystemExit("the pipeline's phase messages changed: update PhaseClock, the phase timings would be wrong")
     if report.quarantine or report.written != report.listed:
         reasons = "; ".join(q["reason"] for q in report.quarantine[:3])
         raise SystemExit(f"the pipeline wrote {report.written} of {report.listed} episodes: {reasons}")
@@ -377,6 +381,7 @@ def config_key(args: argparse.Namespace) -> str:
 
 
 def results_section(args: argparse.Namespace, command: str, machine: dict[str, str], results: list[SizeResult]) -> str:
+    """A dated section that carries everything needed to judge and repeat the numbers."""
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     machine_lines = "\n".join(f"- {name}: {value}" for name, value in machine.items())
     return (
@@ -403,6 +408,7 @@ def update_results(path: Path, key: str, section: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measure each size in turn: its baseline and pipeline share this process and its files."""
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "bench/ingest.py", *(sys.argv[1:] if argv is None else argv)])

@@ -250,14 +250,25 @@ class AstribotSource:
         return geometry.arm_pose7(pose[:, xyz], rotation, geometry.gripper_from_percent_open0(pose[:, grip]))
 
     def _instructions(self, table: pa.Table, relative: str) -> tuple[list[str], list[str]]:
-        pairs = table.column("task_index").combine_chunks()
-        lengths = pc.list_value_length(pairs).to_numpy(zero_copy_only=False)
-        if pairs.null_count or (lengths != 2).any():
+        """Per-frame (coarse, fine) instructions. A scalar task_index (plain LeRobot) is accepted
+        as coarse-only: the subtask is then empty."""
+        column = table.column("task_index").combine_chunks()
+        if column.null_count:
+            raise EpisodeRejected("bad_shape", relative, f"data file {relative} has rows without a task_index")
+        if pa.types.is_integer(column.type):
+            coarse = column.to_numpy(zero_copy_only=False)
+            self._check_task_indices(coarse, relative)
+            return [self._tasks[int(i)] for i in coarse], [""] * len(coarse)
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        if (lengths != 2).any():
             raise EpisodeRejected("bad_shape", relative, f"data file {relative} task_index is not a [coarse, fine] pair")
-        indices = pc.list_flatten(pairs).to_numpy(zero_copy_only=False).reshape(-1, 2)
+        indices = pc.list_flatten(column).to_numpy(zero_copy_only=False).reshape(-1, 2)
+        self._check_task_indices(indices, relative)
+        return [self._tasks[int(i)] for i in indices[:, 0]], [self._tasks[int(i)] for i in indices[:, 1]]
+
+    def _check_task_indices(self, indices: np.ndarray, relative: str) -> None:
         unknown = sorted({int(i) for i in np.unique(indices)} - self._tasks.keys())
         if unknown:
             raise EpisodeRejected(
                 "unknown_task", relative, f"data file {relative} refers to task_index {unknown[0]}, absent from meta/tasks.jsonl"
             )
-        return [self._tasks[int(i)] for i in indices[:, 0]], [self._tasks[int(i)] for i in indices[:, 1]]

@@ -56,6 +56,13 @@ def swap_rows(a: int, b: int) -> Callable[[list], None]:
     return edit
 
 
+def shorten_row(row: int, length: int) -> Callable[[list], None]:
+    def edit(values: list) -> None:
+        values[row] = values[row][:length]
+
+    return edit
+
+
 def zero_left_rotation(row: int) -> Callable[[list], None]:
     def edit(values: list) -> None:
         values[row][12:18] = [0.0] * 6
@@ -97,14 +104,19 @@ FAULTS = {
     11: (lambda r: edit_column(r, 11, STATE, zero_left_rotation(3)), "bad_rotation",
          "the left arm's rotation at row 3 is not a rotation (a row is zero)"),
     12: (lambda r: declare_length(r, 12, 99), "frame_count", "data file data/chunk-000/episode_000012.parquet has 43 rows but meta/episodes.jsonl declares 99"),
+    13: (lambda r: edit_column(r, 13, STATE, shorten_row(4, 20)), "bad_shape",
+         f"data file data/chunk-000/episode_000013.parquet column {STATE} is not 34 values long at row 4"),
+    14: (lambda r: edit_column(r, 14, COMMAND, shorten_row(0, 0)), "bad_shape", f"column {COMMAND} is not 34 values long at row 0"),
+    15: (lambda r: edit_column(r, 15, "task_index", set_value(6, 0, 999)), "unknown_task",
+         "data file data/chunk-000/episode_000015.parquet refers to task_index 999, absent from meta/tasks.jsonl"),
 }
-GOOD = (0, 13)
+GOOD = (0, 16)
 
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("faulty") / "src"
-    write_astribot_dataset(root, episode_lengths=[40] + [43] * 13, video_size=(64, 48))
+    write_astribot_dataset(root, episode_lengths=[40] + [43] * 16, video_size=(64, 48))
     for episode, (inject, _, _) in FAULTS.items():
         inject(root)
     out = tmp_path_factory.mktemp("faulty_out") / "out"
