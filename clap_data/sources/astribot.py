@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from clap_data import geometry
 from clap_data.errors import ClapDataError
-from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, require_file
+from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, VideoWindow, require_file
 
 EMBODIMENT = "S1-stationary"
 
@@ -162,7 +162,7 @@ class AstribotSource:
         episode = ref.details["episode"]
         data_file = require_file(self.root / ref.path, self.root, "data file")
         videos = {
-            camera: require_file(self._video_file(episode, CAMERA_KEYS[camera]), self.root, "video file")
+            camera: VideoWindow(require_file(self._video_file(episode, CAMERA_KEYS[camera]), self.root, "video file"))
             for camera in self.cameras
         }
         table = self._read_table(data_file, ref.path)

@@ -36,6 +36,32 @@ class EpisodeRef:
     details: dict[str, Any] = field(default_factory=dict)  # adapter-private, JSON-able
 
 
+@dataclass(frozen=True)
+class VideoWindow:
+    """One camera's frames of an episode, from a video file: frames ``[start, start + count)``
+    in display order, or the whole file when ``count`` is None.
+
+    A whole file, or a window that starts on a keyframe of a stream without B-frames (episodes of
+    a LeRobot v3 file), is stream-copied; any other window (a narrated action inside an Ego4D
+    clip) is re-encoded so that it starts exactly at ``start``.
+    """
+
+    path: Path
+    start: int = 0
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageSequence:
+    """One camera's frames as encoded still images (JPEG or PNG bytes, e.g. RLDS), one per
+    frame; they are encoded into a video on ingest."""
+
+    images: tuple[bytes, ...]
+
+
+VideoInput = VideoWindow | ImageSequence
+
+
 @dataclass
 class CanonicalEpisode:
     """One episode in the unified representation (METHOD.md §1), before it is written."""
@@ -45,7 +71,10 @@ class CanonicalEpisode:
     arm_mask: NDArray[np.float64]  # [N, 2]
     tasks: list[str]  # per-frame episode instruction (the LeRobot task)
     subtasks: list[str]  # per-frame fine instruction, "" where none
-    videos: dict[str, Path]  # unified camera name -> source video file
+    videos: dict[str, VideoInput]  # unified camera name -> where its frames come from
+    # Source facts kept per episode as `source/<key>` columns of meta/episodes (e.g. DROID's
+    # alternative instructions and success flag). An adapter must give every episode the same keys.
+    extra: dict[str, str | int | float | bool] = field(default_factory=dict)
 
 
 class Source(Protocol):
