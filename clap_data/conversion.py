@@ -21,11 +21,12 @@ from clap_data import video
 from clap_data.atomic import building_dir
 from clap_data.lerobot_v3.stats import image_stats
 from clap_data.schemas import data_arrow_schema, frame_features
-from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, Source
+from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, ImageSequence, Source, VideoInput, VideoWindow
 from clap_data.staging import StagingArea
 
 STAGED_FRAMES = "frames.parquet"
 STAGED_RECORD = "episode.json"
+DEFAULT_CODEC = "av1"  # for anything re-encoded without --vcodec: lerobot's own default
 IMAGE_STATS_KEYFRAMES = 16  # per camera and episode; lerobot decodes up to ~100 frames, we sample keyframes
 
 
@@ -87,23 +88,46 @@ def _frames_table(episode: CanonicalEpisode) -> pa.Table:
     )
 
 
-def _stage_video(source_file: Path, relative: str, frames: int, target: Path, fps: int, options: VideoOptions) -> dict[str, Any]:
-    """Validate one camera's video against the episode and write it, regular-timed, to ``target``."""
+def _stage_window(window: VideoWindow, relative: str, frames: int, target: Path, fps: int, options: VideoOptions) -> None:
+    """Validate a camera's frames in a video file against the episode and write them, regular-timed."""
+    probe = video.probe_video(window.path)
+    if window.count is None and probe.frame_count != frames:
+        raise EpisodeRejected(
+            "frame_count", relative, f"video file {relative} has {probe.frame_count} frames but the data file has {frames} rows"
+        )
+    count = frames if window.count is None else window.count
+    if count != frames:
+        raise EpisodeRejected("frame_count", relative, f"video file {relative}: the episode selects {count} frames for {frames} rows")
+    if window.start < 0 or window.start + count > probe.frame_count:
+        raise EpisodeRejected(
+            "frame_count", relative,
+            f"video file {relative} has {probe.frame_count} frames; the episode needs frames {window.start} to {window.start + count - 1}",
+        )
+    video.check_decodes(window.path, probe, full=options.full_decode, start=window.start, count=count)
+    if options.reencode or not probe.can_copy(window.start):
+        video.reencode(window.path, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop, options.crf,
+                       start=window.start, count=count)
+    else:
+        video.copy_window(window.path, target, probe, fps, start=window.start, count=count)
+
+
+def _stage_images(images: ImageSequence, relative: str, frames: int, target: Path, fps: int, options: VideoOptions) -> None:
+    if len(images.images) != frames:
+        raise EpisodeRejected("frame_count", relative, f"{relative} has {len(images.images)} images for {frames} rows")
+    video.encode_images(images.images, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop, options.crf)
+
+
+def _stage_video(frames_from: VideoInput, relative: str, frames: int, target: Path, fps: int, options: VideoOptions) -> dict[str, Any]:
+    """Write one camera's frames of the episode to ``target`` and describe the written video."""
     try:
-        probe = video.probe_video(source_file)
-        if probe.frame_count != frames:
-            raise EpisodeRejected(
-                "frame_count", relative, f"video file {relative} has {probe.frame_count} frames but the data file has {frames} rows"
-            )
-        video.check_decodes(source_file, probe, full=options.full_decode)
-        if options.reencode:
-            video.reencode(source_file, target, fps, options.resize, options.codec or "av1", options.gop, options.crf)
+        if isinstance(frames_from, ImageSequence):
+            _stage_images(frames_from, relative, frames, target, fps, options)
         else:
-            video.copy_with_frame_timestamps(source_file, target, probe, fps)
+            _stage_window(frames_from, relative, frames, target, fps, options)
         written = video.probe_video(target)
         pixels = image_stats(video.sample_keyframes(target, IMAGE_STATS_KEYFRAMES))
     except video.VideoError as exc:
-        raise EpisodeRejected("bad_video", relative, f"video file {relative} {exc}") from None
+        raise EpisodeRejected("bad_video", relative, f"{'' if isinstance(frames_from, ImageSequence) else 'video file '}{relative} {exc}") from None
     return {
         "image_stats": {name: value.tolist() for name, value in pixels.items()},
         "frame_count": written.frame_count,
@@ -113,6 +137,13 @@ def _stage_video(source_file: Path, relative: str, frames: int, target: Path, fp
         "pix_fmt": written.pix_fmt,
         "fingerprint": written.codec_fingerprint,
     }
+
+
+def _describe_input(frames_from: VideoInput, source: Source, ref: EpisodeRef, camera: str) -> str:
+    """How quarantine reasons name a camera's input: the file relative to the source root."""
+    if isinstance(frames_from, ImageSequence):
+        return f"{ref.path} camera {camera}"
+    return str(frames_from.path.relative_to(source.root))
 
 
 def convert_episode(source: Source, ref: EpisodeRef, staging: StagingArea, options: VideoOptions) -> EpisodeOutcome:
@@ -127,9 +158,10 @@ def convert_episode(source: Source, ref: EpisodeRef, staging: StagingArea, optio
         with building_dir(staging.episode_dir(ref)) as work:
             videos = {
                 camera: _stage_video(
-                    path, str(path.relative_to(source.root)), frames, work / "videos" / f"{camera}.mp4", source.fps, options
+                    frames_from, _describe_input(frames_from, source, ref, camera), frames,
+                    work / "videos" / f"{camera}.mp4", source.fps, options,
                 )
-                for camera, path in episode.videos.items()
+                for camera, frames_from in episode.videos.items()
             }
             pq.write_table(_frames_table(episode), work / STAGED_FRAMES, compression="snappy")
             record = {
@@ -139,6 +171,7 @@ def convert_episode(source: Source, ref: EpisodeRef, staging: StagingArea, optio
                 "frames": frames,
                 "tasks": list(dict.fromkeys(episode.tasks)),
                 "videos": videos,
+                "extra": episode.extra,
             }
             (work / STAGED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         staging.clear_quarantine(ref)

@@ -9,13 +9,15 @@ LeRobot's reader looks up (within 1e-4 s).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import io
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 # Ticks per frame in our output time base 1/(fps·512): ffmpeg's own mp4 default (1/15360 at
 # 30 fps), and fine enough that every frame boundary is an integer.
@@ -36,16 +38,24 @@ class VideoProbe:
     width: int
     height: int
     pix_fmt: str
-    frame_count: int
     presentation_rank: tuple[int, ...]  # for each packet in decode order, its display position
-    last_keyframe_pts: int
-    last_pts: int
+    display_pts: tuple[int, ...]  # source timestamps in display order: frame i has display_pts[i]
+    keyframe_ranks: frozenset[int]  # display positions of keyframes
     codec_fingerprint: str  # equal fingerprints can be concatenated by stream copy
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.display_pts)
 
     @property
     def decode_delay(self) -> int:
         """How many frames decode order runs ahead of display order (0 without B-frames)."""
         return max([0] + [i - r for i, r in enumerate(self.presentation_rank)])
+
+    def can_copy(self, start: int) -> bool:
+        """Whether frames from ``start`` on can be stream-copied: the whole file, or a window that
+        starts on a keyframe of a stream without B-frames (so no frame needs one before it)."""
+        return start == 0 or (self.decode_delay == 0 and start in self.keyframe_ranks)
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -65,7 +75,7 @@ def probe_video(path: Path) -> VideoProbe:
         stream = container.streams.video[0]
         ctx = stream.codec_context
         pts_list: list[int] = []
-        last_key = None
+        keyframe_pts: list[int] = []
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:
@@ -73,13 +83,13 @@ def probe_video(path: Path) -> VideoProbe:
                 if packet.pts is None:
                     raise VideoError(f"packet {len(pts_list)} has no timestamp")
                 if packet.is_keyframe:
-                    last_key = packet.pts
+                    keyframe_pts.append(packet.pts)
                 pts_list.append(packet.pts)
         except av.error.FFmpegError as exc:
             raise VideoError(f"is corrupt after {len(pts_list)} frames ({exc})") from exc
         if not pts_list:
             raise VideoError("has no frames")
-        if last_key is None:
+        if not keyframe_pts:
             raise VideoError("has no keyframe")
         extradata = bytes(ctx.extradata or b"")
         fingerprint = hashlib.sha256(
@@ -88,38 +98,57 @@ def probe_video(path: Path) -> VideoProbe:
         order = np.argsort(np.asarray(pts_list), kind="stable")
         rank = np.empty(len(pts_list), dtype=np.int64)
         rank[order] = np.arange(len(pts_list))
+        display_pts = tuple(int(pts_list[i]) for i in order)
+        rank_of_pts = {pts: r for r, pts in enumerate(display_pts)}
         return VideoProbe(
             codec=ctx.codec.canonical_name,
             width=ctx.width,
             height=ctx.height,
             pix_fmt=ctx.pix_fmt or "unknown",
-            frame_count=len(pts_list),
             presentation_rank=tuple(int(r) for r in rank),
-            last_keyframe_pts=int(last_key),
-            last_pts=int(max(pts_list)),
+            display_pts=display_pts,
+            keyframe_ranks=frozenset(rank_of_pts[pts] for pts in keyframe_pts),
             codec_fingerprint=fingerprint,
         )
 
 
-def check_decodes(path: Path, probe: VideoProbe, full: bool) -> None:
-    """Prove the frames decode. Fast: the first frame and the last GOP. Full: every frame."""
+def _decode_window(container: av.container.InputContainer, probe: VideoProbe, start: int, count: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Frames ``[start, start + count)`` in display order as ``(index, frame)``: seeks to the
+    keyframe before ``start`` and decodes forward, matching frames to positions by timestamp,
+    so offset or irregular source clocks do not shift the window."""
+    stream = container.streams.video[0]
+    rank_of_pts = {pts: r for r, pts in enumerate(probe.display_pts)}
+    if start > 0:
+        container.seek(probe.display_pts[start], stream=stream, backward=True, any_frame=False)
+    for frame in container.decode(stream):
+        index = rank_of_pts.get(frame.pts)
+        if index is None or index < start:
+            continue
+        if index >= start + count:
+            return
+        yield index, frame
+
+
+def check_decodes(path: Path, probe: VideoProbe, full: bool, start: int = 0, count: int | None = None) -> None:
+    """Prove the frames ``[start, start + count)`` decode. Fast: the first frame and the last
+    keyframe-to-end stretch of the window. Full: every frame of the window."""
+    count = probe.frame_count - start if count is None else count
+    last = start + count - 1
     with _open(path) as container:
-        stream = container.streams.video[0]
         try:
             if full:
-                decoded = sum(1 for _ in container.decode(stream))
-                if decoded != probe.frame_count:
-                    raise VideoError(f"decodes to {decoded} frames but holds {probe.frame_count}")
+                decoded = sum(1 for _ in _decode_window(container, probe, start, count))
+                if decoded != count:
+                    raise VideoError(f"decodes to {decoded} frames where {count} are expected")
                 return
-            next(iter(container.decode(stream)))
-            container.seek(probe.last_keyframe_pts, stream=stream, backward=True, any_frame=False)
-            tail = [f.pts for f in container.decode(stream)]
-        except StopIteration as exc:
-            raise VideoError("decodes to no frame") from exc
+            if next(_decode_window(container, probe, start, 1), None) is None:
+                raise VideoError(f"frame {start} does not decode")
+            tail_start = max([k for k in probe.keyframe_ranks if start <= k <= last] or [start])
+            tail = [index for index, _ in _decode_window(container, probe, tail_start, last - tail_start + 1)]
         except av.error.FFmpegError as exc:
             raise VideoError(f"does not decode ({exc})") from exc
-        if probe.last_pts not in tail:
-            raise VideoError("its last frame does not decode")
+        if last not in tail:
+            raise VideoError(f"frame {last} does not decode")
 
 
 def _output(path: Path) -> av.container.OutputContainer:
@@ -127,62 +156,114 @@ def _output(path: Path) -> av.container.OutputContainer:
     return av.open(str(path), "w", format="mp4")
 
 
-def copy_with_frame_timestamps(src: Path, dst: Path, probe: VideoProbe, fps: int) -> None:
-    """Stream-copy ``src`` to ``dst`` with frame i displayed at exactly i / fps.
+def copy_window(src: Path, dst: Path, probe: VideoProbe, fps: int, start: int = 0, count: int | None = None) -> None:
+    """Stream-copy frames ``[start, start + count)`` of ``src`` to ``dst``, frame i of the window
+    displayed at exactly i / fps. Needs ``probe.can_copy(start)``.
 
     Display order comes from the source timestamps (``probe.presentation_rank``), so irregular
     or offset source clocks become a regular grid while the compressed frames stay untouched.
     """
+    if not probe.can_copy(start):
+        raise ValueError(f"frames from {start} on cannot be stream-copied")
+    count = probe.frame_count - start if count is None else count
     delay = probe.decode_delay
     with _open(src) as inp, _output(dst) as out:
         ist = inp.streams.video[0]
         ost = out.add_stream_from_template(ist, opaque=True)
         time_base = Fraction(1, fps * TICKS_PER_FRAME)
         ost.time_base = time_base
-        index = 0
+        if start > 0:
+            inp.seek(probe.display_pts[start], stream=ist, backward=True, any_frame=False)
+        rank_of_pts = {pts: r for r, pts in enumerate(probe.display_pts)}
+        written = 0
         for packet in inp.demux(ist):
-            if packet.size == 0:
+            if packet.size == 0 or packet.pts is None:
                 continue
+            rank = rank_of_pts[packet.pts]
+            if rank < start:
+                continue
+            if rank >= start + count:  # only windows end early, and they have no B-frames
+                break
             packet.stream = ost
             packet.time_base = time_base
-            packet.pts = probe.presentation_rank[index] * TICKS_PER_FRAME
-            packet.dts = (index - delay) * TICKS_PER_FRAME
+            packet.pts = (rank - start) * TICKS_PER_FRAME
+            packet.dts = (written - delay) * TICKS_PER_FRAME
             packet.duration = TICKS_PER_FRAME
             out.mux(packet)
-            index += 1
+            written += 1
 
 
-def reencode(
-    src: Path, dst: Path, fps: int, size: tuple[int, int] | None, codec: str, gop: int, crf: int
-) -> None:
-    """Decode and re-encode (optionally resized to ``(height, width)``), one frame per 1/fps."""
+def _encoder(out: av.container.OutputContainer, codec: str, fps: int, width: int, height: int, gop: int, crf: int):
+    """An output stream with clap-data's encoding settings: yuv420p, fixed GOP, no B-frames, so
+    every episode starts on a keyframe and random access costs at most ``gop`` decodes."""
     if codec not in _ENCODERS:
         raise VideoError(f"unknown codec {codec!r}; choose one of {', '.join(_ENCODERS)}")
-    with _open(src) as inp, _output(dst) as out:
-        ist = inp.streams.video[0]
-        height, width = size or (ist.codec_context.height, ist.codec_context.width)
-        ost = out.add_stream(_ENCODERS[codec], rate=fps)
-        ost.width, ost.height, ost.pix_fmt = width, height, "yuv420p"
-        ost.time_base = Fraction(1, fps * TICKS_PER_FRAME)
-        ost.codec_context.gop_size = gop
-        if codec == "av1":
-            ost.options = {"crf": str(crf), "preset": "8", "svtav1-params": f"keyint={gop}:scd=0"}
-        elif codec == "hevc":
-            ost.options = {"crf": str(crf), "x265-params": f"keyint={gop}:min-keyint={gop}:bframes=0:log-level=error"}
-        else:
-            ost.options = {"crf": str(crf), "bf": "0", "g": str(gop), "keyint_min": str(gop)}
-        for index, frame in enumerate(inp.decode(ist)):
-            out_frame = frame.reformat(width=width, height=height, format="yuv420p")
-            out_frame.pts = index * TICKS_PER_FRAME
-            out_frame.time_base = ost.time_base
-            for packet in ost.encode(out_frame):
+    stream = out.add_stream(_ENCODERS[codec], rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.time_base = Fraction(1, fps * TICKS_PER_FRAME)
+    stream.codec_context.gop_size = gop
+    if codec == "av1":
+        stream.options = {"crf": str(crf), "preset": "8", "svtav1-params": f"keyint={gop}:scd=0"}
+    elif codec == "hevc":
+        stream.options = {"crf": str(crf), "x265-params": f"keyint={gop}:min-keyint={gop}:bframes=0:log-level=error"}
+    else:
+        stream.options = {"crf": str(crf), "bf": "0", "g": str(gop), "keyint_min": str(gop)}
+    return stream
+
+
+def _encode_frames(frames: Iterator[av.VideoFrame], dst: Path, fps: int, size: tuple[int, int] | None,
+                   codec: str, gop: int, crf: int) -> int:
+    """Encode frames in order, frame i at i / fps; the first frame fixes the size unless given."""
+    written = 0
+    with _output(dst) as out:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                height, width = size or (frame.height, frame.width)
+                stream = _encoder(out, codec, fps, width, height, gop, crf)
+            out_frame = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
+            out_frame.pts = written * TICKS_PER_FRAME
+            out_frame.time_base = stream.time_base
+            for packet in stream.encode(out_frame):
                 out.mux(packet)
-        for packet in ost.encode():
-            out.mux(packet)
+            written += 1
+        if stream is not None:
+            for packet in stream.encode():
+                out.mux(packet)
+    return written
+
+
+def reencode(src: Path, dst: Path, fps: int, size: tuple[int, int] | None, codec: str, gop: int, crf: int,
+             start: int = 0, count: int | None = None) -> None:
+    """Decode frames ``[start, start + count)`` and re-encode them (optionally resized to
+    ``(height, width)``), frame-accurately: the output's first frame is exactly frame ``start``."""
+    probe = probe_video(src)
+    count = probe.frame_count - start if count is None else count
+    with _open(src) as inp:
+        frames = (frame for _, frame in _decode_window(inp, probe, start, count))
+        written = _encode_frames(frames, dst, fps, size, codec, gop, crf)
+    if written != count:
+        raise VideoError(f"decodes to {written} of the {count} frames asked for")
+
+
+def encode_images(images: Sequence[bytes], dst: Path, fps: int, size: tuple[int, int] | None,
+                  codec: str, gop: int, crf: int) -> None:
+    """Encode still images (JPEG/PNG bytes, e.g. RLDS frames) into a video, one frame each."""
+
+    def frames() -> Iterator[av.VideoFrame]:
+        for number, data in enumerate(images):
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    pixels = np.asarray(image.convert("RGB"))
+            except (OSError, ValueError) as exc:
+                raise VideoError(f"image {number} cannot be decoded ({exc})") from exc
+            yield av.VideoFrame.from_ndarray(pixels, format="rgb24")
+
+    _encode_frames(frames(), dst, fps, size, codec, gop, crf)
 
 
 class VideoConcatenator:
-    """Appends regular (``copy_with_frame_timestamps``) episode videos into one mp4 by stream copy,
+    """Appends regular (``copy_window``) episode videos into one mp4 by stream copy,
     so v3 files hold many episodes without re-encoding. Returns each episode's start/end time."""
 
     def __init__(self, dst: Path, fps: int):

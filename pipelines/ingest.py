@@ -115,7 +115,7 @@ def _assemble(source: Source, refs: list[EpisodeRef], staging: StagingArea, clap
                     "file": ref.path, "reason": f"episode {ref.source_episode}: {problem}",
                 }
                 continue
-            provenance = {"dataset": source.name, "episode_id": ref.source_episode, "path": ref.path}
+            provenance = {"dataset": source.name, "episode_id": ref.source_episode, "path": ref.path, **record["extra"]}
             assembler.add_episode(staging.episode_dir(ref), record, provenance)
         records = [quarantine[order] for order in sorted(quarantine)]
         if assembler.episodes == 0:

@@ -24,7 +24,7 @@ def encode(path: Path, codec: str, frames: int = 20, options: dict | None = None
         stream.width, stream.height, stream.pix_fmt, stream.time_base = width, height, "yuv420p", time_base
         stream.options = options or {}
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 20 + 11 * i, np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 20 + (11 * i) % 220, np.uint8), format="rgb24")
             frame.pts, frame.time_base = pts(i), time_base
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -58,7 +58,7 @@ def test_probe_counts_frames_and_fingerprints_codec_parameters(tmp_path):
 def test_copy_puts_frame_i_at_i_over_fps_and_keeps_pixels(tmp_path, pts, time_base):
     src = encode(tmp_path / "src.mp4", "libx264", options={"bf": "0", "g": "2"}, pts=pts, time_base=time_base)
     dst = tmp_path / "dst.mp4"
-    video.copy_with_frame_timestamps(src, dst, video.probe_video(src), fps=30)
+    video.copy_window(src, dst, video.probe_video(src), fps=30)
     assert timestamps(dst) == pytest.approx([i / 30 for i in range(20)], abs=1e-9)
     assert [f.tobytes() for _, f in video.iter_rgb_frames(dst)] == [f.tobytes() for _, f in video.iter_rgb_frames(src)]
 
@@ -68,7 +68,7 @@ def test_copy_handles_b_frames(tmp_path):
     probe = video.probe_video(src)
     assert probe.decode_delay > 0
     dst = tmp_path / "dst.mp4"
-    video.copy_with_frame_timestamps(src, dst, probe, fps=30)
+    video.copy_window(src, dst, probe, fps=30)
     assert timestamps(dst) == pytest.approx([i / 30 for i in range(20)], abs=1e-9)
     assert gray_levels(dst) == gray_levels(src)
 
@@ -78,7 +78,7 @@ def test_concatenation_offsets_each_episode_and_refuses_other_codec_parameters(t
     for name, frames in (("a", 12), ("b", 7)):
         src = encode(tmp_path / f"{name}.mp4", "libx265", frames=frames, options=X265_NO_B)
         regular = tmp_path / f"{name}_regular.mp4"
-        video.copy_with_frame_timestamps(src, regular, video.probe_video(src), fps=30)
+        video.copy_window(src, regular, video.probe_video(src), fps=30)
         episodes.append((regular, video.probe_video(regular)))
     joined = video.VideoConcatenator(tmp_path / "joined.mp4", fps=30)
     spans = [joined.append(path, probe.frame_count, probe.codec_fingerprint) for path, probe in episodes]

@@ -138,7 +138,7 @@ class DatasetAssembler:
                 return problem
         return None
 
-    def add_episode(self, staged_dir: Path, record: dict[str, Any], provenance: dict[str, str]) -> None:
+    def add_episode(self, staged_dir: Path, record: dict[str, Any], provenance: dict[str, str | int | float | bool]) -> None:
         table = pq.read_table(staged_dir / "frames.parquet")
         frames = table.num_rows
         episode_index = self.episodes

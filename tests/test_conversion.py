@@ -1,0 +1,112 @@
+"""The per-episode conversion step on its own (no Ray): video windows — stream-copied when they
+start on a keyframe, re-encoded frame-accurately otherwise — image sequences, and rejections."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clap_data import video
+from clap_data.conversion import VideoOptions, convert_episode
+from clap_data.sources.base import CanonicalEpisode, EpisodeRef, ImageSequence, VideoInput, VideoWindow
+from clap_data.staging import StagingArea
+from tests.test_video import X265_NO_B, encode, gray_levels
+
+
+@dataclass
+class OneCameraSource:
+    """The smallest Source: one episode of ``rows`` zero frames whose head camera is ``frames_from``."""
+
+    root: Path
+    frames_from: VideoInput
+    rows: int
+    name: str = "test"
+    embodiment: str = "test"
+    fps: int = 30
+    cameras: tuple[str, ...] = ("head",)
+    notices: list[str] = field(default_factory=list)
+
+    def list_episodes(self) -> list[EpisodeRef]:
+        return [EpisodeRef("e0", 0, "episode0")]
+
+    def read_episode(self, ref: EpisodeRef) -> CanonicalEpisode:
+        zeros = np.zeros((self.rows, 14))
+        return CanonicalEpisode(zeros, zeros, np.ones((self.rows, 2)), ["t"] * self.rows, [""] * self.rows,
+                                {"head": self.frames_from}, extra={"kind": "test"})
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+def convert(tmp_path: Path, frames_from: VideoInput, rows: int, options: VideoOptions = VideoOptions()):
+    source = OneCameraSource(tmp_path, frames_from, rows)
+    staging = StagingArea(tmp_path / "out")
+    outcome = convert_episode(source, source.list_episodes()[0], staging, options)
+    return outcome, staging.episode_dir(source.list_episodes()[0]) / "videos" / "head.mp4"
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    """30 frames, keyframe every 2nd frame, a clock starting at 0.5 s (as Ego4D clips may)."""
+    return encode(tmp_path / "clip.mp4", "libx265", frames=30, options=X265_NO_B, pts=lambda i: 15 + i)
+
+
+def test_keyframe_aligned_window_is_stream_copied_bit_exactly(tmp_path, clip):
+    outcome, staged = convert(tmp_path, VideoWindow(clip, start=10, count=8), rows=8)
+    assert outcome.status == "ok"
+    source_frames = [f.tobytes() for _, f in video.iter_rgb_frames(clip)][10:18]
+    assert [f.tobytes() for _, f in video.iter_rgb_frames(staged)] == source_frames
+    assert [t for t, _ in video.iter_rgb_frames(staged)] == pytest.approx([i / 30 for i in range(8)])
+    assert video.probe_video(staged).codec == "hevc"  # copied, not re-encoded
+
+
+def test_window_starting_between_keyframes_is_reencoded_from_exactly_that_frame(tmp_path, clip):
+    outcome, staged = convert(tmp_path, VideoWindow(clip, start=11, count=7), rows=7, options=VideoOptions(codec="h264"))
+    assert outcome.status == "ok"
+    assert video.probe_video(staged).codec == "h264"
+    expected = gray_levels(clip)[11:18]
+    assert np.abs(np.array(gray_levels(staged)) - np.array(expected)).max() <= 3
+    assert video.probe_video(staged).frame_count == 7
+
+
+def test_window_beyond_the_file_is_rejected_naming_it(tmp_path, clip):
+    outcome, _ = convert(tmp_path, VideoWindow(clip, start=25, count=8), rows=8)
+    assert (outcome.status, outcome.category) == ("quarantined", "frame_count")
+    assert outcome.reason == "video file clip.mp4 has 30 frames; the episode needs frames 25 to 32"
+
+
+def test_window_of_another_length_than_the_rows_is_rejected(tmp_path, clip):
+    outcome, _ = convert(tmp_path, VideoWindow(clip, start=0, count=8), rows=9)
+    assert outcome.category == "frame_count" and "selects 8 frames for 9 rows" in outcome.reason
+
+
+def jpeg(level: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((32, 48, 3), level, np.uint8)).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_image_sequence_is_encoded_one_frame_per_image(tmp_path):
+    images = ImageSequence(tuple(jpeg(30 + 9 * i) for i in range(12)))
+    outcome, staged = convert(tmp_path, images, rows=12, options=VideoOptions(codec="h264", crf=10))
+    assert outcome.status == "ok"
+    probe = video.probe_video(staged)
+    assert (probe.frame_count, probe.width, probe.height) == (12, 48, 32)
+    assert np.abs(np.array(gray_levels(staged)) - (30 + 9 * np.arange(12))).max() <= 2
+    record = json.loads((staged.parent.parent / "episode.json").read_text())
+    assert record["extra"] == {"kind": "test"}
+
+
+def test_corrupt_image_and_wrong_image_count_are_rejected(tmp_path):
+    outcome, _ = convert(tmp_path, ImageSequence((jpeg(40), b"not a jpeg", jpeg(60))), rows=3)
+    assert outcome.category == "bad_video"
+    assert outcome.reason.startswith("episode0 camera head image 1 cannot be decoded")
+    outcome, _ = convert(tmp_path / "b", ImageSequence((jpeg(40),)), rows=3)
+    assert outcome.category == "frame_count" and "has 1 images for 3 rows" in outcome.reason
