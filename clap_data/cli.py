@@ -27,8 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Turn robot datasets and human video into one tokenized LeRobot v3 corpus (CLAP).",
 )
-ingest_app = typer.Typer(no_args_is_help=True, help="Convert a source dataset into a unified LeRobot v3.0 dataset.")
-app.add_typer(ingest_app, name="ingest")
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -122,10 +120,11 @@ def _print_ingest_summary(source_name: str, report: Any) -> None:
     stdout.print(f"exit status {int(status)}: {meaning}")
 
 
-@ingest_app.command("astribot")
+@app.command("ingest", no_args_is_help=True)
 @user_errors
-def ingest_astribot(
-    src: Annotated[Path, typer.Option(help="The Astribot S1 dataset folder (GR00T-flavoured LeRobot v2.0).")],
+def ingest(
+    source_name: Annotated[str, typer.Argument(metavar="SOURCE", help="Which source format --src holds: astribot.")],
+    src: Annotated[Path, typer.Option(help="The source dataset folder, in the layout the source publishes.")],
     out: Annotated[Path, typer.Option(help="Where the LeRobot v3.0 dataset is written.")],
     cameras: Annotated[
         str | None,
@@ -141,15 +140,20 @@ def ingest_astribot(
     overwrite: Annotated[bool, typer.Option(help="Replace a finished dataset at --out, or discard an interrupted run with other options.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
 ) -> None:
-    """Ingest Astribot S1 data into a unified LeRobot v3.0 dataset."""
-    from clap_data.pipelines.ingest import IngestRequest, ingest
+    """Convert a source dataset into a unified LeRobot v3.0 dataset."""
+    from clap_data.pipelines.ingest import IngestRequest, ingest as run_ingest
     from clap_data.progress import ConsoleReporter, SilentReporter
-    from clap_data.sources.astribot import AstribotSource
+    from clap_data.sources.registry import SOURCE_NAMES, OptionError, SourceOptions, build_source
 
+    if source_name not in SOURCE_NAMES:
+        raise typer.BadParameter(f"{source_name!r} is not one of {', '.join(SOURCE_NAMES)}", param_hint="SOURCE")
     video = _video_options(full_decode, resize, vcodec, gop, crf)
-    source = AstribotSource(src, cameras=_split_list(cameras))
+    try:
+        source = build_source(source_name, src, SourceOptions(cameras=_split_list(cameras)))
+    except OptionError as exc:
+        raise typer.BadParameter(str(exc)) from None
     request = IngestRequest(out=out, overwrite=overwrite, workers=workers, address=address, video=video)
-    report = ingest(source, request, SilentReporter() if as_json else ConsoleReporter(stderr))
+    report = run_ingest(source, request, SilentReporter() if as_json else ConsoleReporter(stderr))
     if as_json:
         stdout.print_json(json.dumps({**asdict(report), "exit_code": int(report.exit_code)}))
     else:

@@ -123,3 +123,16 @@ def test_camera_errors_name_the_camera(astribot_src, real_astribot, tmp_path):
 def test_missing_source_folder(tmp_path):
     result = run("ingest", "astribot", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_unknown_source_and_options_meant_for_another_source_exit_2(astribot_src, tmp_path):
+    result = runner.invoke(app, ["ingest", "kinect", "--src", str(astribot_src), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "'kinect' is not one of" in result.output
+
+
+def test_options_are_checked_against_the_source(astribot_src):
+    from clap_data.sources.registry import OptionError, SourceOptions, build_source
+
+    assert build_source("astribot", astribot_src, SourceOptions(cameras=["wrist_left"])).cameras == ("wrist_left",)
+    with pytest.raises(OptionError, match="unknown source"):
+        build_source("kinect", astribot_src, SourceOptions())

@@ -1,0 +1,50 @@
+"""The sources the command line knows, and which options apply to which.
+
+One ``clap-data ingest SOURCE`` command serves every source, so the options every ingest shares
+(output, workers, video encoding, …) are declared once; the source-specific ones are checked here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from clap_data.sources.base import Source
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Source-specific options as given on the command line (None / False: not given)."""
+
+    cameras: list[str] | None = None
+
+
+# option name -> the sources it applies to
+_APPLIES_TO: dict[str, frozenset[str]] = {
+    "cameras": frozenset({"astribot"}),
+}
+
+
+class OptionError(ValueError):
+    """An option given to a source it does not apply to."""
+
+
+def _build(name: str, root: Path, options: SourceOptions) -> Source:
+    if name == "astribot":
+        from clap_data.sources.astribot import AstribotSource
+
+        return AstribotSource(root, cameras=options.cameras)
+    raise OptionError(f"unknown source {name!r}; choose one of {', '.join(SOURCE_NAMES)}")
+
+
+SOURCE_NAMES = ("astribot",)
+
+
+def build_source(name: str, root: Path, options: SourceOptions) -> Source:
+    """The adapter for ``name``; refuses options meant for another source, naming them."""
+    for option in fields(options):
+        given = getattr(options, option.name)
+        if given not in (None, False) and name not in _APPLIES_TO[option.name]:
+            flag = "--" + option.name.replace("_", "-")
+            raise OptionError(f"{flag} applies to {', '.join(sorted(_APPLIES_TO[option.name]))} only, not {name}")
+    return _build(name, root, options)
