@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -159,6 +160,57 @@ def ingest(
     else:
         _print_ingest_summary(source.name, report)
     raise typer.Exit(int(report.exit_code))
+
+
+@app.command("normstats", no_args_is_help=True)
+@user_errors
+def normstats(
+    datasets: Annotated[list[Path], typer.Argument(help="Unified datasets; those of one embodiment are pooled.")],
+) -> None:
+    """Compute per-embodiment q01/q99 of chunk-relative actions and states; store them with each dataset."""
+    from clap_data.norm_stats import compute_norm_stats, robot_type, table_id, write_norm_stats
+
+    table = compute_norm_stats(datasets)
+    for root in datasets:
+        write_norm_stats(root, {robot_type(root): table[robot_type(root)]})
+    summary = Table(show_edge=False)
+    for column in ("embodiment", "frames", "action q01..q99 (x, left)", "statistics id"):
+        summary.add_column(column)
+    for embodiment, entry in table.items():
+        q01, q99 = entry["action"]["q01"][0], entry["action"]["q99"][0]
+        summary.add_row(embodiment, f"{entry['frames']:,}", f"{q01:+.4f} .. {q99:+.4f}", table_id({embodiment: entry}))
+    stdout.print(summary)
+    stdout.print(f"written to {len(datasets)} dataset(s) as meta/clap_norm_stats.json")
+
+
+@app.command("chunk", no_args_is_help=True)
+@user_errors
+def chunk(
+    dataset: Annotated[Path, typer.Argument(help="A unified dataset.")],
+    episode: Annotated[int, typer.Option(min=0, help="Episode index in the dataset.")],
+    frame: Annotated[int, typer.Option(min=0, help="Frame the chunk starts at.")],
+    stats: Annotated[str, typer.Option(help="openclap (the released table) or dataset (clap-data normstats).")] = "openclap",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print exactly what the Act-VAE sees for the chunk at one frame (normalised)."""
+    from clap_data.actions import tokenizer_input
+    from clap_data.lerobot_v3.reader import read_episode_arrays
+    from clap_data.norm_stats import load_norm_stats
+
+    if stats not in ("openclap", "dataset"):
+        raise typer.BadParameter(f"{stats!r} is not openclap or dataset", param_hint="--stats")
+    norm = load_norm_stats(dataset, stats)
+    arrays = read_episode_arrays(dataset, episode)
+    seen = tokenizer_input(arrays.state, arrays.action, arrays.arm_mask, frame, norm)
+    result = {"action": seen.action.tolist(), "state": seen.state.tolist(), "arm_mask": seen.arm_mask.tolist(), "padded": seen.padded}
+    if as_json:
+        print(json.dumps(result))
+        return
+    stdout.print(f"episode {episode}, frame {frame}, statistics {norm.stats_id if norm else 'none (human)'}, padded: {seen.padded}")
+    stdout.print(f"state     {np.array2string(seen.state, precision=3, max_line_width=160)}")
+    stdout.print(f"arm_mask  {seen.arm_mask.tolist()}")
+    stdout.print(f"action[0] {np.array2string(seen.action[0], precision=3, max_line_width=160)}")
+    stdout.print(f"action[31]{np.array2string(seen.action[-1], precision=3, max_line_width=160)}")
 
 
 @app.command("info")

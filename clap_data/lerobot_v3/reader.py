@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from clap_data.errors import ClapDataError
@@ -50,3 +54,52 @@ def dataset_summary(root: Path) -> dict[str, Any]:
             for row in rows
         ],
     }
+
+
+@dataclass(frozen=True)
+class EpisodeArrays:
+    """The canonical arrays of one episode of a unified dataset."""
+
+    episode_index: int
+    state: np.ndarray  # [N, 14] float64
+    action: np.ndarray  # [N, 14]
+    arm_mask: np.ndarray  # [N, 2]
+
+
+_ARRAY_COLUMNS = ["episode_index", "observation.state", "action", "arm_mask"]
+
+
+def _arrays(table: pa.Table, episode_index: int) -> EpisodeArrays:
+    frames = table.num_rows
+
+    def matrix(name: str) -> np.ndarray:
+        return np.asarray(table.column(name).combine_chunks().flatten(), dtype=np.float64).reshape(frames, -1)
+
+    return EpisodeArrays(episode_index, matrix("observation.state"), matrix("action"), matrix("arm_mask"))
+
+
+def read_episode_arrays(root: Path, episode_index: int) -> EpisodeArrays:
+    """One episode, read from its data file only (the episodes metadata says which)."""
+    root = Path(root)
+    episodes = pq.ParquetDataset(root / "meta/episodes", filters=[("episode_index", "=", episode_index)]).read(
+        columns=["episode_index", "data/chunk_index", "data/file_index"]
+    )
+    if episodes.num_rows == 0:
+        total = json.loads((root / layout.INFO_PATH).read_text()).get("total_episodes")
+        raise ClapDataError(f"{root} has no episode {episode_index} (it has {total}: 0..{int(total) - 1})")
+    chunk, file = episodes.column("data/chunk_index")[0].as_py(), episodes.column("data/file_index")[0].as_py()
+    data_file = root / layout.DATA_PATH.format(chunk_index=chunk, file_index=file)
+    table = pq.read_table(data_file, columns=_ARRAY_COLUMNS, filters=[("episode_index", "=", episode_index)])
+    return _arrays(table, episode_index)
+
+
+def iter_episode_arrays(root: Path) -> Iterator[EpisodeArrays]:
+    """Every episode in order, one parquet row group (= one episode) in memory at a time."""
+    for data_file in sorted((Path(root) / "data").glob("chunk-*/file-*.parquet")):
+        parquet = pq.ParquetFile(data_file)
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=_ARRAY_COLUMNS)
+            indices = np.unique(table.column("episode_index").to_numpy())
+            for episode_index in indices:
+                rows = table.filter(pa.compute.equal(table.column("episode_index"), episode_index))
+                yield _arrays(rows, int(episode_index))
