@@ -124,13 +124,14 @@ def _print_ingest_summary(source_name: str, report: Any) -> None:
 @app.command("ingest", no_args_is_help=True)
 @user_errors
 def ingest(
-    source_name: Annotated[str, typer.Argument(metavar="SOURCE", help="Which source format --src holds: astribot.")],
+    source_name: Annotated[str, typer.Argument(metavar="SOURCE", help="Which source format --src holds: astribot, ego4d.")],
     src: Annotated[Path, typer.Option(help="The source dataset folder, in the layout the source publishes.")],
     out: Annotated[Path, typer.Option(help="Where the LeRobot v3.0 dataset is written.")],
     cameras: Annotated[
         str | None,
-        typer.Option(help="Comma-separated unified cameras: head, wrist_left, wrist_right. Default: those with videos."),
+        typer.Option(help="astribot: comma-separated unified cameras (head, wrist_left, wrist_right). Default: those with videos."),
     ] = None,
+    min_frames: Annotated[int | None, typer.Option(min=1, help="ego4d: shortest action window kept (default 33 = the 32-frame gap + 1).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Parallel episode conversions (default: all CPUs).")] = None,
     address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local Ray.")] = None,
     full_decode: Annotated[bool, typer.Option(help="Decode every video frame to validate (default: a fast check).")] = False,
@@ -150,7 +151,7 @@ def ingest(
         raise typer.BadParameter(f"{source_name!r} is not one of {', '.join(SOURCE_NAMES)}", param_hint="SOURCE")
     video = _video_options(full_decode, resize, vcodec, gop, crf)
     try:
-        source = build_source(source_name, src, SourceOptions(cameras=_split_list(cameras)))
+        source = build_source(source_name, src, SourceOptions(cameras=_split_list(cameras), min_frames=min_frames))
     except OptionError as exc:
         raise typer.BadParameter(str(exc)) from None
     request = IngestRequest(out=out, overwrite=overwrite, workers=workers, address=address, video=video)

@@ -17,11 +17,13 @@ class SourceOptions:
     """Source-specific options as given on the command line (None / False: not given)."""
 
     cameras: list[str] | None = None
+    min_frames: int | None = None
 
 
 # option name -> the sources it applies to
 _APPLIES_TO: dict[str, frozenset[str]] = {
     "cameras": frozenset({"astribot"}),
+    "min_frames": frozenset({"ego4d"}),
 }
 
 
@@ -29,15 +31,21 @@ class OptionError(ValueError):
     """An option given to a source it does not apply to."""
 
 
-def _build(name: str, root: Path, options: SourceOptions) -> Source:
-    if name == "astribot":
-        from clap_data.sources.astribot import AstribotSource
+def _astribot(root: Path, options: SourceOptions) -> Source:
+    from clap_data.sources.astribot import AstribotSource
 
-        return AstribotSource(root, cameras=options.cameras)
-    raise OptionError(f"unknown source {name!r}; choose one of {', '.join(SOURCE_NAMES)}")
+    return AstribotSource(root, cameras=options.cameras)
 
 
-SOURCE_NAMES = ("astribot",)
+def _ego4d(root: Path, options: SourceOptions) -> Source:
+    from clap_data.sources.ego4d import Ego4DSource
+
+    return Ego4DSource(root) if options.min_frames is None else Ego4DSource(root, min_frames=options.min_frames)
+
+
+# Adapters are imported only when chosen: each pulls in its own readers (h5py, protobuf, …).
+_BUILDERS = {"astribot": _astribot, "ego4d": _ego4d}
+SOURCE_NAMES = tuple(_BUILDERS)
 
 
 def build_source(name: str, root: Path, options: SourceOptions) -> Source:
@@ -47,4 +55,6 @@ def build_source(name: str, root: Path, options: SourceOptions) -> Source:
         if given not in (None, False) and name not in _APPLIES_TO[option.name]:
             flag = "--" + option.name.replace("_", "-")
             raise OptionError(f"{flag} applies to {', '.join(sorted(_APPLIES_TO[option.name]))} only, not {name}")
-    return _build(name, root, options)
+    if name not in _BUILDERS:
+        raise OptionError(f"unknown source {name!r}; choose one of {', '.join(SOURCE_NAMES)}")
+    return _BUILDERS[name](root, options)
