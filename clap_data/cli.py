@@ -72,6 +72,16 @@ def _split_list(value: str | None) -> list[str] | None:
     return items
 
 
+def _task_ids(value: str | None) -> list[int] | None:
+    items = _split_list(value)
+    if items is None:
+        return None
+    try:
+        return [int(item) for item in items]
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a comma-separated list of task ids", param_hint="--tasks") from None
+
+
 def _video_options(full_decode: bool, resize: str | None, vcodec: str | None, gop: int, crf: int) -> VideoOptions:
     from clap_data.video import parse_size
 
@@ -124,13 +134,16 @@ def _print_ingest_summary(source_name: str, report: Any) -> None:
 @app.command("ingest", no_args_is_help=True)
 @user_errors
 def ingest(
-    source_name: Annotated[str, typer.Argument(metavar="SOURCE", help="Which source format --src holds: astribot, ego4d.")],
+    source_name: Annotated[str, typer.Argument(metavar="SOURCE", help="Which source format --src holds: astribot, agibot, ego4d.")],
     src: Annotated[Path, typer.Option(help="The source dataset folder, in the layout the source publishes.")],
     out: Annotated[Path, typer.Option(help="Where the LeRobot v3.0 dataset is written.")],
     cameras: Annotated[
         str | None,
-        typer.Option(help="astribot: comma-separated unified cameras (head, wrist_left, wrist_right). Default: those with videos."),
+        typer.Option(help="astribot, agibot: comma-separated unified cameras (head, wrist_left, wrist_right). Default: those with videos."),
     ] = None,
+    tasks: Annotated[str | None, typer.Option(help="agibot: comma-separated task ids to ingest (default: all).")] = None,
+    force_known_bad: Annotated[bool, typer.Option(help="agibot: also ingest the release's known-bad tasks.")] = False,
+    gripper_open_mm: Annotated[float | None, typer.Option(min=1, help="agibot: fully-open gripper width in mm (default 120).")] = None,
     min_frames: Annotated[int | None, typer.Option(min=1, help="ego4d: shortest action window kept (default 33 = the 32-frame gap + 1).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Parallel episode conversions (default: all CPUs).")] = None,
     address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local Ray.")] = None,
@@ -151,7 +164,11 @@ def ingest(
         raise typer.BadParameter(f"{source_name!r} is not one of {', '.join(SOURCE_NAMES)}", param_hint="SOURCE")
     video = _video_options(full_decode, resize, vcodec, gop, crf)
     try:
-        source = build_source(source_name, src, SourceOptions(cameras=_split_list(cameras), min_frames=min_frames))
+        options = SourceOptions(
+            cameras=_split_list(cameras), min_frames=min_frames, tasks=_task_ids(tasks),
+            force_known_bad=force_known_bad, gripper_open_mm=gripper_open_mm,
+        )
+        source = build_source(source_name, src, options)
     except OptionError as exc:
         raise typer.BadParameter(str(exc)) from None
     request = IngestRequest(out=out, overwrite=overwrite, workers=workers, address=address, video=video)

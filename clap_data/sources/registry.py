@@ -18,12 +18,18 @@ class SourceOptions:
 
     cameras: list[str] | None = None
     min_frames: int | None = None
+    tasks: list[int] | None = None
+    force_known_bad: bool = False
+    gripper_open_mm: float | None = None
 
 
 # option name -> the sources it applies to
 _APPLIES_TO: dict[str, frozenset[str]] = {
-    "cameras": frozenset({"astribot"}),
+    "cameras": frozenset({"astribot", "agibot"}),
     "min_frames": frozenset({"ego4d"}),
+    "tasks": frozenset({"agibot"}),
+    "force_known_bad": frozenset({"agibot"}),
+    "gripper_open_mm": frozenset({"agibot"}),
 }
 
 
@@ -37,6 +43,15 @@ def _astribot(root: Path, options: SourceOptions) -> Source:
     return AstribotSource(root, cameras=options.cameras)
 
 
+def _agibot(root: Path, options: SourceOptions) -> Source:
+    from clap_data.sources.agibot import GRIPPER_OPEN_MM, AgibotSource
+
+    return AgibotSource(
+        root, cameras=options.cameras, tasks=options.tasks, force_known_bad=options.force_known_bad,
+        gripper_open_mm=GRIPPER_OPEN_MM if options.gripper_open_mm is None else options.gripper_open_mm,
+    )
+
+
 def _ego4d(root: Path, options: SourceOptions) -> Source:
     from clap_data.sources.ego4d import Ego4DSource
 
@@ -44,7 +59,7 @@ def _ego4d(root: Path, options: SourceOptions) -> Source:
 
 
 # Adapters are imported only when chosen: each pulls in its own readers (h5py, protobuf, …).
-_BUILDERS = {"astribot": _astribot, "ego4d": _ego4d}
+_BUILDERS = {"astribot": _astribot, "agibot": _agibot, "ego4d": _ego4d}
 SOURCE_NAMES = tuple(_BUILDERS)
 
 
