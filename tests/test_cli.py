@@ -136,3 +136,21 @@ def test_options_are_checked_against_the_source(astribot_src):
     assert build_source("astribot", astribot_src, SourceOptions(cameras=["wrist_left"])).cameras == ("wrist_left",)
     with pytest.raises(OptionError, match="unknown source"):
         build_source("kinect", astribot_src, SourceOptions())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--min-frames", "5"], "--min-frames applies to ego4d only, not astribot"),
+        (["--tasks", "327"], "--tasks applies to agibot only, not astribot"),
+        (["--force-known-bad"], "--force-known-bad applies to agibot only"),
+    ],
+)
+def test_options_of_another_source_exit_2(astribot_src, tmp_path, args, message):
+    result = runner.invoke(app, ["ingest", "astribot", "--src", str(astribot_src), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_task_ids_must_be_integers(tmp_path):
+    result = runner.invoke(app, ["ingest", "agibot", "--src", str(tmp_path), "--out", str(tmp_path / "o"), "--tasks", "327,abc"])
+    assert result.exit_code == 2 and "not a comma-separated list of task ids" in result.output
