@@ -215,21 +215,27 @@ def _encode_frames(frames: Iterator[av.VideoFrame], dst: Path, fps: int, size: t
                    codec: str, gop: int, crf: int) -> int:
     """Encode frames in order, frame i at i / fps; the first frame fixes the size unless given."""
     written = 0
+    # Frame timestamps are in our time base, fixed here: the stream's own may change when the
+    # muxer writes the header (mp4 raises timescales below 10000, e.g. 15 fps → 1/15360).
+    time_base = Fraction(1, fps * TICKS_PER_FRAME)
     with _output(dst) as out:
         stream = None
-        for frame in frames:
-            if stream is None:
-                height, width = size or (frame.height, frame.width)
-                stream = _encoder(out, codec, fps, width, height, gop, crf)
-            out_frame = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
-            out_frame.pts = written * TICKS_PER_FRAME
-            out_frame.time_base = stream.time_base
-            for packet in stream.encode(out_frame):
-                out.mux(packet)
-            written += 1
-        if stream is not None:
-            for packet in stream.encode():
-                out.mux(packet)
+        try:
+            for frame in frames:
+                if stream is None:
+                    height, width = size or (frame.height, frame.width)
+                    stream = _encoder(out, codec, fps, width, height, gop, crf)
+                out_frame = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
+                out_frame.pts = written * TICKS_PER_FRAME
+                out_frame.time_base = time_base
+                for packet in stream.encode(out_frame):
+                    out.mux(packet)
+                written += 1
+            if stream is not None:
+                for packet in stream.encode():
+                    out.mux(packet)
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"could not be encoded with {codec} ({exc})") from exc
     return written
 
 
@@ -290,14 +296,17 @@ class VideoConcatenator:
                 self.fingerprint = fingerprint
             elif fingerprint != self.fingerprint:
                 raise VideoError("has other codec parameters than the file it would be appended to")
+            # The muxer may have stored the episode at a finer timescale than ours (mp4 raises
+            # timescales below 10000, e.g. 15 fps → 1/15360), so rescale instead of assuming ours.
+            scale = ist.time_base / time_base
             for packet in inp.demux(ist):
                 if packet.size == 0:
                     continue
                 pts, dts = packet.pts, packet.dts
                 packet.stream = self._stream
                 packet.time_base = time_base
-                packet.pts = start_tick + pts
-                packet.dts = start_tick + dts
+                packet.pts = start_tick + round(pts * scale)
+                packet.dts = start_tick + round(dts * scale)
                 packet.duration = TICKS_PER_FRAME
                 self._out.mux(packet)
         self._next_tick = start_tick + frame_count * TICKS_PER_FRAME

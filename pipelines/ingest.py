@@ -136,7 +136,7 @@ def ingest(source: Source, request: IngestRequest, reporter: Reporter | None = N
     started = time.perf_counter()
     out = request.out.absolute()
     staging = StagingArea(out)
-    report = IngestReport(out=str(out), notices=list(source.notices), cameras=list(source.cameras))
+    report = IngestReport(out=str(out), cameras=list(source.cameras))
     run_options = {"clap_data": __version__, "source": source.describe(), "video": asdict(request.video)}
     with staging.locked():
         finished = _finish_interrupted_publish(staging, run_options)
@@ -149,6 +149,7 @@ def ingest(source: Source, request: IngestRequest, reporter: Reporter | None = N
         if not refs:
             raise ClapDataError(f"the source {source.root} lists no episodes")
         report.listed = len(refs)
+        report.notices = list(source.notices)  # listing may add some (e.g. unreadable shard headers)
         todo = [ref for ref in refs if staging.staged_episode(ref) is None]
         report.resumed = len(refs) - len(todo)
         for notice in source.notices:

@@ -140,3 +140,40 @@ def test_sample_keyframes_spreads_over_the_video_and_strides_large_frames(tmp_pa
     # keyframes are every second frame: 4 picks spread over keyframes 0, 2, …, 18
     levels = np.array([f.mean() for f in frames])
     assert np.abs(levels - np.array([20 + 11 * i for i in (0, 6, 12, 18)])).max() <= 2
+
+
+@pytest.mark.parametrize("fps", [15, 10, 30])
+def test_concatenation_at_low_frame_rates_whose_mp4_timescale_is_raised(tmp_path, fps):
+    # mp4 raises timescales below 10000 (15 fps · 512 = 7680 → 15360), so staged episodes come
+    # back at another time base than the one they were written with.
+    parts = []
+    for name, frames in (("a", 6), ("b", 5)):
+        src = encode(tmp_path / f"{name}.mp4", "libx264", frames=frames, options={"bf": "0", "g": "2"})
+        regular = tmp_path / f"{name}_{fps}.mp4"
+        video.copy_window(src, regular, video.probe_video(src), fps=fps)
+        parts.append((regular, video.probe_video(regular)))
+    joined = video.VideoConcatenator(tmp_path / "joined.mp4", fps=fps)
+    for path, probe in parts:
+        joined.append(path, probe.frame_count, probe.codec_fingerprint)
+    joined.close()
+    assert timestamps(tmp_path / "joined.mp4") == pytest.approx([i / fps for i in range(11)], abs=1e-9)
+
+
+@pytest.mark.parametrize("codec", ["av1", "h264", "hevc"])
+@pytest.mark.parametrize("fps", [15, 30])
+def test_encoding_keeps_one_frame_per_step_at_any_frame_rate(tmp_path, codec, fps):
+    # At 15 fps the mp4 muxer changes the stream's time base when it writes the header; frame
+    # timestamps must not follow it (they did once, and every 15 fps re-encode failed).
+    import io
+
+    from PIL import Image
+
+    images = []
+    for i in range(12):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((36, 64, 3), 28 + 10 * i, np.uint8)).save(buffer, format="JPEG")
+        images.append(buffer.getvalue())
+    dst = tmp_path / "out.mp4"
+    video.encode_images(images, dst, fps=fps, size=None, codec=codec, gop=2, crf=30)
+    assert video.probe_video(dst).frame_count == 12
+    assert timestamps(dst) == pytest.approx([i / fps for i in range(12)], abs=1e-9)
