@@ -134,17 +134,18 @@ def _print_ingest_summary(source_name: str, report: Any) -> None:
 @app.command("ingest", no_args_is_help=True)
 @user_errors
 def ingest(
-    source_name: Annotated[str, typer.Argument(metavar="SOURCE", help="Which source format --src holds: astribot, agibot, ego4d.")],
+    source_name: Annotated[str, typer.Argument(metavar="SOURCE", help="Which source format --src holds: astribot, agibot, droid, ego4d, lerobot.")],
     src: Annotated[Path, typer.Option(help="The source dataset folder, in the layout the source publishes.")],
     out: Annotated[Path, typer.Option(help="Where the LeRobot v3.0 dataset is written.")],
     cameras: Annotated[
         str | None,
-        typer.Option(help="astribot, agibot: comma-separated unified cameras (head, wrist_left, wrist_right). Default: those with videos."),
+        typer.Option(help="astribot, agibot, droid, lerobot: comma-separated unified cameras (head, wrist_left, wrist_right). Default: all the source has."),
     ] = None,
     tasks: Annotated[str | None, typer.Option(help="agibot: comma-separated task ids to ingest (default: all).")] = None,
     force_known_bad: Annotated[bool, typer.Option(help="agibot: also ingest the release's known-bad tasks.")] = False,
     gripper_open_mm: Annotated[float | None, typer.Option(min=1, help="agibot: fully-open gripper width in mm (default 120).")] = None,
     min_frames: Annotated[int | None, typer.Option(min=1, help="ego4d: shortest action window kept (default 33 = the 32-frame gap + 1).")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="lerobot: the mapping file (docs/lerobot_mapping.md).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Parallel episode conversions (default: all CPUs).")] = None,
     address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local Ray.")] = None,
     full_decode: Annotated[bool, typer.Option(help="Decode every video frame to validate (default: a fast check).")] = False,
@@ -166,7 +167,7 @@ def ingest(
     try:
         options = SourceOptions(
             cameras=_split_list(cameras), min_frames=min_frames, tasks=_task_ids(tasks),
-            force_known_bad=force_known_bad, gripper_open_mm=gripper_open_mm,
+            force_known_bad=force_known_bad, gripper_open_mm=gripper_open_mm, mapping=mapping,
         )
         source = build_source(source_name, src, options)
     except OptionError as exc:

@@ -38,7 +38,7 @@ unified schema and is left out (a notice says so). Frames are returned as JPEG b
 UTF-8 with invalid bytes replaced). Episodes without an annotation (``""``) are kept, with
 ``extra["empty_instruction"] = True``, so users can filter them as DROID's own loaders do.
 ``extra`` always holds ``language_instruction_2``, ``language_instruction_3`` (first step,
-``""`` when absent), ``file_path`` (``episode_metadata/file_path``), ``success`` (the file path
+``""`` when absent), ``file_path`` (``episode_metadata/file_path``), ``is_episode_successful`` (the file path
 contains ``/success/``) and ``empty_instruction``.
 
 **Validation** (each → :class:`EpisodeRejected` naming ``<shard>#<record index>``): truncated
@@ -304,7 +304,7 @@ class DroidRldsSource:
         extra: dict[str, str | int | float | bool] = {
             name: _first_text(example, key, steps, reject, required=False) for name, key in ALTERNATIVE_INSTRUCTIONS.items()
         }
-        extra.update(file_path=file_path, success=SUCCESS_MARKER in file_path, empty_instruction=instruction == "")
+        extra.update(file_path=file_path, is_episode_successful=SUCCESS_MARKER in file_path, empty_instruction=instruction == "")
         videos = {camera: _images(example, CAMERA_KEYS[camera], steps, reject) for camera in self.cameras}
         return CanonicalEpisode(
             state=state, action=action, arm_mask=mask, tasks=[instruction] * steps, subtasks=[""] * steps,

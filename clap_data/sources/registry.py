@@ -21,15 +21,17 @@ class SourceOptions:
     tasks: list[int] | None = None
     force_known_bad: bool = False
     gripper_open_mm: float | None = None
+    mapping: Path | None = None
 
 
 # option name -> the sources it applies to
 _APPLIES_TO: dict[str, frozenset[str]] = {
-    "cameras": frozenset({"astribot", "agibot"}),
+    "cameras": frozenset({"astribot", "agibot", "droid", "lerobot"}),
     "min_frames": frozenset({"ego4d"}),
     "tasks": frozenset({"agibot"}),
     "force_known_bad": frozenset({"agibot"}),
     "gripper_open_mm": frozenset({"agibot"}),
+    "mapping": frozenset({"lerobot"}),
 }
 
 
@@ -52,6 +54,20 @@ def _agibot(root: Path, options: SourceOptions) -> Source:
     )
 
 
+def _droid(root: Path, options: SourceOptions) -> Source:
+    from clap_data.sources.droid import DroidSource
+
+    return DroidSource(root, cameras=options.cameras)
+
+
+def _lerobot(root: Path, options: SourceOptions) -> Source:
+    from clap_data.sources.lerobot import LeRobotSource
+
+    if options.mapping is None:
+        raise OptionError("ingest lerobot needs --mapping FILE (see docs/lerobot_mapping.md)")
+    return LeRobotSource(root, options.mapping, cameras=options.cameras)
+
+
 def _ego4d(root: Path, options: SourceOptions) -> Source:
     from clap_data.sources.ego4d import Ego4DSource
 
@@ -59,7 +75,7 @@ def _ego4d(root: Path, options: SourceOptions) -> Source:
 
 
 # Adapters are imported only when chosen: each pulls in its own readers (h5py, protobuf, …).
-_BUILDERS = {"astribot": _astribot, "agibot": _agibot, "ego4d": _ego4d}
+_BUILDERS = {"astribot": _astribot, "agibot": _agibot, "droid": _droid, "ego4d": _ego4d, "lerobot": _lerobot}
 SOURCE_NAMES = tuple(_BUILDERS)
 
 

@@ -111,7 +111,7 @@ def test_episode_metadata_keeps_droid_facts(clean_ingest):
     ]
     for episode, spec in zip(episodes, specs, strict=True):
         assert episode["source/dataset"] == "droid"
-        assert episode["source/success"] is spec.success
+        assert episode["source/is_episode_successful"] is spec.success
         assert episode["source/file_path"] == spec.file_path
         assert episode["source/empty_instruction"] is (spec.instruction == "")
         assert (episode["source/language_instruction_2"], episode["source/language_instruction_3"]) == (spec.instruction_2, spec.instruction_3)

@@ -207,11 +207,11 @@ def test_instruction_success_and_extra(droid):
             "language_instruction_2": spec.instruction_2,
             "language_instruction_3": spec.instruction_3,
             "file_path": spec.file_path,
-            "success": spec.success,
+            "is_episode_successful": spec.success,
             "empty_instruction": spec.instruction == "",
         }
     assert episodes[2].tasks[0] == "" and episodes[2].extra["empty_instruction"] is True, "unannotated episode kept, flagged"
-    assert episodes[1].extra["success"] is False and "/failure/" in episodes[1].extra["file_path"]
+    assert episodes[1].extra["is_episode_successful"] is False and "/failure/" in episodes[1].extra["file_path"]
 
 
 def test_instruction_is_the_first_steps_stripped(droid, tmp_path):
