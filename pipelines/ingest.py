@@ -12,6 +12,7 @@ import json
 import pickle
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from clap_data.schemas import CLAP_META_PATH
 from clap_data.sources.base import EpisodeRef, Source
 from clap_data.staging import StagingArea
 
-_MAX_BLOCKS = 4096  # enough blocks to balance workers; few enough to keep scheduling cheap
+_BLOCKS_PER_WORKER = 16  # enough to balance uneven episodes; few enough to keep scheduling cheap
 _PUBLISHING = "publishing.json"
 
 
@@ -81,19 +82,38 @@ def _check_output(out: Path, overwrite: bool) -> None:
         raise ClapDataError(f"--out {out} already holds a dataset; add --overwrite to replace it")
 
 
+class _EpisodeConverter:
+    """What Ray Data runs in its actor pool: each long-lived actor converts episode after episode,
+    instead of a task per block paying again for shipping the source and importing the readers
+    (which cost more than converting a short episode)."""
+
+    def __init__(self, source: Source, staging: StagingArea, video: VideoOptions):
+        self.source, self.staging, self.video = source, staging, video
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        outcomes = [convert_episode(self.source, pickle.loads(blob), self.staging, self.video) for blob in batch["ref"]]
+        return {"outcome": [json.dumps(asdict(o)) for o in outcomes]}
+
+
 def _convert_on_ray(
     source: Source, refs: list[EpisodeRef], staging: StagingArea, video: VideoOptions, workers: int | None
 ) -> Iterator[EpisodeOutcome]:
-    """Stream outcomes back as workers finish episodes (order not preserved)."""
+    """Stream outcomes back as actors finish episodes (order not preserved)."""
     import ray
 
-    def convert(batch: dict[str, Any]) -> dict[str, list[str]]:
-        outcomes = [convert_episode(source, pickle.loads(blob), staging, video) for blob in batch["ref"]]
-        return {"outcome": [json.dumps(asdict(o)) for o in outcomes]}
-
+    pool = workers or max(1, int(ray.available_resources().get("CPU", 1)))
     items = [{"ref": pickle.dumps(ref)} for ref in refs]
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), _MAX_BLOCKS)))
-    converted = dataset.map_batches(convert, batch_size=1, num_cpus=1, concurrency=workers)
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), pool * _BLOCKS_PER_WORKER)))
+    with warnings.catch_warnings():
+        # max_restarts=0: an actor that dies fails the run (rerunning it resumes), rather than Ray
+        # restarting it from constructor arguments it may no longer hold, which Ray warns about
+        # on every run. Ray 2.60 (pinned) only takes it through the deprecated remote-args route;
+        # revisit before moving to Ray 2.64.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        converted = dataset.map_batches(
+            _EpisodeConverter, fn_constructor_args=(source, staging, video), batch_size=1, num_cpus=1,
+            concurrency=pool, max_restarts=0,
+        )
     for batch in converted.iter_batches(batch_size=1, batch_format="numpy"):
         for text in batch["outcome"]:
             yield EpisodeOutcome(**json.loads(str(text)))

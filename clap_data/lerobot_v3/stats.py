@@ -25,8 +25,9 @@ def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
         "std": data.std(axis=0),
         "count": np.array([len(data)], dtype=np.int64),
     }
-    for name, q in QUANTILES.items():
-        stats[name] = np.quantile(data, q, axis=0)
+    quantiles = np.quantile(data, list(QUANTILES.values()), axis=0)  # one sort for all of them
+    for name, values in zip(QUANTILES, quantiles, strict=True):
+        stats[name] = values
     return stats
 
 
