@@ -72,7 +72,14 @@ import numpy as np
 
 from clap_data import geometry
 from clap_data.errors import ClapDataError
-from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, VideoWindow, require_file
+from clap_data.sources.base import (
+    CanonicalEpisode,
+    EpisodeRef,
+    EpisodeRejected,
+    VideoWindow,
+    require_file,
+    require_increasing,
+)
 
 EMBODIMENT = "agibot-go1"
 FPS = 30
@@ -410,16 +417,7 @@ def _check_timestamps(timestamps: np.ndarray, frames: int, relative: str) -> Non
         raise EpisodeRejected(
             "timestamps", relative, f"proprio file {relative}: timestamp is not numeric ({timestamps.dtype})"
         )
-    if not np.isfinite(timestamps.astype(np.float64)).all():
-        raise EpisodeRejected("timestamps", relative, f"proprio file {relative} has NaN or Inf timestamps")
-    steps = np.diff(timestamps)
-    if (steps <= 0).any():
-        frame = int(np.argmax(steps <= 0)) + 1
-        raise EpisodeRejected(
-            "timestamps", relative,
-            f"proprio file {relative} has non-increasing timestamps at frame {frame} "
-            f"({timestamps[frame - 1]} then {timestamps[frame]})",
-        )
+    require_increasing(timestamps, relative, f"proprio file {relative}", unit="frame")
 
 
 def _action_array(values: np.ndarray, name: str, tail: tuple[int, ...], relative: str) -> np.ndarray:

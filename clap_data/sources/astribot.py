@@ -8,7 +8,6 @@ absent from the user's copy, and gripper readings stray outside their 0..100 ran
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,15 @@ import pyarrow.parquet as pq
 
 from clap_data import geometry
 from clap_data.errors import ClapDataError
-from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, VideoWindow, require_file
+from clap_data.sources.base import (
+    CanonicalEpisode,
+    EpisodeRef,
+    EpisodeRejected,
+    VideoWindow,
+    require_file,
+    require_increasing,
+)
+from clap_data.sources.metadata_io import read_json, read_jsonl
 
 EMBODIMENT = "S1-stationary"
 
@@ -39,33 +46,6 @@ ARM_LAYOUT = {"left": (slice(9, 12), slice(12, 18), 18), "right": (slice(19, 22)
 _READ_COLUMNS = [STATE_COLUMN, COMMAND_COLUMN, "timestamp", "frame_index", "task_index"]
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ClapDataError(f"{what} {path} is missing; is this an Astribot (LeRobot v2.0) dataset?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ClapDataError(f"{what} {path} cannot be read: {exc}") from None
-
-
-def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise ClapDataError(f"{what} {path} is missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ClapDataError(f"{what} {path} cannot be read: {exc}") from None
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ClapDataError(f"{what} {path} line {number} is not valid JSON: {exc.msg}") from None
-    return rows
-
-
 class AstribotSource:
     """Reads an Astribot S1 folder; ``cameras=None`` takes every declared camera whose videos exist."""
 
@@ -76,7 +56,7 @@ class AstribotSource:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ClapDataError(f"source folder {self.root} does not exist")
-        info = _read_json(self.root / "meta/info.json", "metadata file")
+        info = read_json(self.root / "meta/info.json", "metadata file", "is this an Astribot (LeRobot v2.0) dataset?")
         try:
             self.fps = int(info["fps"])
             self._data_path = str(info["data_path"])
@@ -93,9 +73,9 @@ class AstribotSource:
         for column in (STATE_COLUMN, COMMAND_COLUMN):
             if column not in features:
                 raise ClapDataError(f"metadata file {self.root / 'meta/info.json'} declares no {column} feature")
-        self._episodes = _read_jsonl(self.root / "meta/episodes.jsonl", "episode list")
+        self._episodes = read_jsonl(self.root / "meta/episodes.jsonl", "episode list")
         self._tasks = {
-            int(row["task_index"]): str(row["task"]) for row in _read_jsonl(self.root / "meta/tasks.jsonl", "task list")
+            int(row["task_index"]): str(row["task"]) for row in read_jsonl(self.root / "meta/tasks.jsonl", "task list")
         }
         declared = [key for key, ft in features.items() if isinstance(ft, dict) and ft.get("dtype") == "video"]
         self.notices: list[str] = []
@@ -206,17 +186,7 @@ class AstribotSource:
                 "frame_index", relative,
                 f"data file {relative} has frame_index {frame_index[first]} at row {first}: frames are missing or out of order",
             )
-        timestamps = table.column("timestamp").to_numpy().astype(np.float64)
-        if not np.isfinite(timestamps).all():
-            raise EpisodeRejected("timestamps", relative, f"data file {relative} has NaN or Inf timestamps")
-        steps = np.diff(timestamps)
-        if (steps <= 0).any():
-            row = int(np.argmax(steps <= 0)) + 1
-            raise EpisodeRejected(
-                "timestamps", relative,
-                f"data file {relative} has non-increasing timestamps at row {row} "
-                f"({timestamps[row - 1]:.6f} then {timestamps[row]:.6f})",
-            )
+        require_increasing(table.column("timestamp").to_numpy().astype(np.float64), relative, f"data file {relative}")
 
     @staticmethod
     def _pose_matrix(table: pa.Table, column: str, relative: str) -> np.ndarray:

@@ -101,3 +101,22 @@ def require_file(path: Path, root: Path, what: str) -> Path:
     if not path.is_file():
         raise EpisodeRejected("missing_file", str(path.relative_to(root)), f"{what} {path.relative_to(root)} is missing")
     return path
+
+
+def require_increasing(timestamps: np.ndarray, category_file: str, what: str, unit: str = "row") -> None:
+    """Reject an episode whose clock has NaN/Inf or does not strictly increase.
+
+    ``what`` names the file as the reason should ("data file data/…"), ``unit`` what an index
+    counts ("row", "frame"). Integer clocks (nanoseconds) are printed as they are.
+    """
+    values = np.asarray(timestamps)
+    if not np.isfinite(values.astype(np.float64)).all():
+        raise EpisodeRejected("timestamps", category_file, f"{what} has NaN or Inf timestamps")
+    bad = np.diff(values) <= 0
+    if bad.any():
+        index = int(np.argmax(bad)) + 1
+        before, after = values[index - 1], values[index]
+        shown = (before, after) if np.issubdtype(values.dtype, np.integer) else (f"{before:.6f}", f"{after:.6f}")
+        raise EpisodeRejected(
+            "timestamps", category_file, f"{what} has non-increasing timestamps at {unit} {index} ({shown[0]} then {shown[1]})"
+        )

@@ -54,7 +54,6 @@ quarantined as ``bad_video``.
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -68,6 +67,7 @@ from PIL import Image
 from clap_data import geometry
 from clap_data.errors import ClapDataError
 from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, ImageSequence, require_file
+from clap_data.sources.metadata_io import read_json
 from clap_data.tfrecord import (
     DecodeError,
     ParsedExample,
@@ -109,13 +109,6 @@ REQUIRED_DECLARED = (CARTESIAN, GRIPPER, IS_FIRST, IS_LAST)
 SHARD_PATTERN = re.compile(r"^(?P<prefix>.+)\.tfrecord-(?P<shard>\d+)-of-(?P<total>\d+)$")
 LISTING_THREADS = 32  # default for the shard header scan: latency-bound on network filesystems
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ClapDataError(f"{what} {path} cannot be read: {exc}") from None
 
 
 def _declared_features(spec: dict[str, Any], prefix: str = "") -> set[str]:
@@ -197,7 +190,7 @@ class DroidRldsSource:
         """(split, shard index) -> record count declared by dataset_info.json ({} when absent)."""
         if not path.is_file():
             return {}
-        info = _read_json(path, "dataset info")
+        info = read_json(path, "dataset info")
         try:
             return {
                 (str(split["name"]), index): int(length)
@@ -212,7 +205,7 @@ class DroidRldsSource:
         if not path.is_file():
             return None
         try:
-            declared = _declared_features(_read_json(path, "feature description"))
+            declared = _declared_features(read_json(path, "feature description"))
         except (AttributeError, TypeError):
             raise ClapDataError(f"feature description {path} is not a TFDS FeaturesDict") from None
         missing = [name for name in REQUIRED_DECLARED if name not in declared]

@@ -19,7 +19,6 @@ both are taken from ``meta/info.json`` rather than assumed, as FORMATS.md asks.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import pyarrow.parquet as pq
 
 from clap_data.errors import ClapDataError
 from clap_data.sources.base import EpisodeRejected, VideoWindow, require_file
+from clap_data.sources.metadata_io import read_json, read_jsonl
 
 INFO_PATH = "meta/info.json"
 V2_EPISODES_PATH = "meta/episodes.jsonl"
@@ -42,36 +42,6 @@ SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 TIMESTAMP_TOLERANCE_S = 1e-4
 # Columns every LeRobot data file has; the reader checks the episode's clock with them.
 CLOCK_COLUMNS = ("timestamp", "frame_index", "episode_index", "index")
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ClapDataError(f"{what} {path} is missing; is this a LeRobot dataset?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ClapDataError(f"{what} {path} cannot be read: {exc}") from None
-
-
-def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise ClapDataError(f"{what} {path} is missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ClapDataError(f"{what} {path} cannot be read: {exc}") from None
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ClapDataError(f"{what} {path} line {number} is not valid JSON: {exc.msg}") from None
-        if not isinstance(row, dict):
-            raise ClapDataError(f"{what} {path} line {number} is not a JSON object")
-        rows.append(row)
-    return rows
 
 
 def _read_parquet_meta(path: Path, columns: list[str], what: str) -> pa.Table:
@@ -132,7 +102,7 @@ class LeRobotLayout:
         if not self.root.is_dir():
             raise ClapDataError(f"source folder {self.root} does not exist")
         info_path = self.root / INFO_PATH
-        info = _read_json(info_path, "metadata file")
+        info = read_json(info_path, "metadata file", "is this a LeRobot dataset?")
         if not isinstance(info, dict):
             raise ClapDataError(f"metadata file {info_path} is not a JSON object")
         self.version = str(info.get("codebase_version", ""))
@@ -167,7 +137,7 @@ class LeRobotLayout:
         if self.is_v3:
             table = _read_parquet_meta(self.root / V3_TASKS_PATH, ["task_index", "task"], "task list")
             return {int(i): str(t) for i, t in zip(table.column("task_index").to_pylist(), table.column("task").to_pylist(), strict=True)}
-        rows = _read_jsonl(self.root / V2_TASKS_PATH, "task list")
+        rows = read_jsonl(self.root / V2_TASKS_PATH, "task list")
         try:
             return {int(row["task_index"]): str(row["task"]) for row in rows}
         except (KeyError, TypeError, ValueError) as exc:
@@ -186,7 +156,7 @@ class LeRobotLayout:
     def _v2_episodes(self, video_keys: tuple[str, ...]) -> list[LayoutEpisode]:
         path = self.root / V2_EPISODES_PATH
         episodes = []
-        for number, row in enumerate(_read_jsonl(path, "episode list"), start=1):
+        for number, row in enumerate(read_jsonl(path, "episode list"), start=1):
             try:
                 index, length, tasks = int(row["episode_index"]), int(row["length"]), tuple(str(t) for t in row.get("tasks", []))
             except (KeyError, TypeError, ValueError) as exc:
