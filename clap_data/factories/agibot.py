@@ -34,18 +34,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import h5py
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from clap_data.factories.common import clear_generated, encode_gray_video
 from clap_data.sources.agibot import ACTION_TOO_LONG_TASKS, CORRUPT_MP4_TASKS
 
 __all__ = [
@@ -334,27 +332,10 @@ _ENCODERS = {"av1": "libsvtav1", "h264": "libx264"}
 
 def _encode_gray_video(path: Path, levels: Sequence[int], size: tuple[int, int], codec: str) -> None:
     """30 fps yuv420p, one keyframe per second, no frame reordering, pts = frame."""
-    width, height = size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream(_ENCODERS[codec], rate=AGIBOT_FPS)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.time_base = Fraction(1, AGIBOT_FPS)
-        stream.codec_context.gop_size = AGIBOT_FPS
-        if codec == "av1":
-            stream.options = {"preset": "10", "crf": "30", "svtav1-params": f"keyint={AGIBOT_FPS}:scd=0"}
-        else:
-            stream.options = {"bf": "0", "crf": "23"}
-        rgb = np.empty((height, width, 3), dtype=np.uint8)
-        for i, level in enumerate(levels):
-            rgb.fill(level)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            frame.time_base = Fraction(1, AGIBOT_FPS)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    options = (
+        {"preset": "10", "crf": "30", "svtav1-params": f"keyint={AGIBOT_FPS}:scd=0"} if codec == "av1" else {"bf": "0", "crf": "23"}
+    )
+    encode_gray_video(path, levels, size, AGIBOT_FPS, _ENCODERS[codec], options, gop=AGIBOT_FPS)
 
 
 def _write_h5(path: Path, data: Mapping[str, np.ndarray]) -> None:
@@ -407,12 +388,9 @@ def _write_episode(root: Path, spec: AgibotEpisodeSpec, seed: int, size: tuple[i
 
 
 def _prepare_root(root: Path, overwrite: bool) -> None:
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{root} is not empty; pass overwrite=True to replace a generated tree")
-        if not (root / "task_info").is_dir() or not (root / "proprio_stats").is_dir():
-            raise FileExistsError(f"{root} is not empty and holds no AgiBot tree; refusing to replace it")
-        shutil.rmtree(root)
+    clear_generated(
+        root, overwrite, lambda r: (r / "task_info").is_dir() and (r / "proprio_stats").is_dir(), "AgiBot tree"
+    )
     (root / "task_info").mkdir(parents=True)
 
 

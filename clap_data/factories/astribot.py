@@ -29,11 +29,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
+
+from clap_data.factories.common import clear_generated, encode_gray_video
 
 __all__ = [
     "ASTRIBOT_FPS",
@@ -530,26 +531,10 @@ def _encode_gray_video(path: Path, levels: Sequence[int], size: tuple[int, int])
     The settings are those of the real files because GOP size and B-frames decide how a reader
     must seek; an ingester tested on anything else would be tested on the wrong problem.
     """
-    width, height = size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx265", rate=ASTRIBOT_FPS)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = VIDEO_TIME_BASE
-        stream.codec_context.time_base = Fraction(1, ASTRIBOT_FPS)
-        stream.codec_context.gop_size = 2
-        stream.options = {"x265-params": "keyint=2:min-keyint=2:bframes=0:scenecut=0:log-level=error"}
-        rgb = np.empty((height, width, 3), dtype=np.uint8)
-        for i, level in enumerate(levels):
-            rgb.fill(level)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            frame.time_base = Fraction(1, ASTRIBOT_FPS)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    encode_gray_video(
+        path, levels, size, ASTRIBOT_FPS, "libx265",
+        {"x265-params": "keyint=2:min-keyint=2:bframes=0:scenecut=0:log-level=error"}, gop=2, stream_time_base=VIDEO_TIME_BASE,
+    )
 
 
 # --- Metadata ---------------------------------------------------------------------------------
@@ -729,18 +714,15 @@ def _check_args(cameras: Sequence[str], video_size: tuple[int, int]) -> None:
         raise ValueError(f"video_size must be even and at least 16x16, got {video_size}")
 
 
+def _is_generated_astribot(root: Path) -> bool:
+    try:
+        return json.loads((root / "meta/info.json").read_text()).get("robot_type") == ROBOT_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _prepare_root(root: Path, overwrite: bool) -> None:
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{root} is not empty; pass overwrite=True to replace a generated dataset")
-        info = root / "meta" / "info.json"
-        try:
-            is_astribot = json.loads(info.read_text()).get("robot_type") == ROBOT_TYPE
-        except (OSError, ValueError, AttributeError):
-            is_astribot = False
-        if not is_astribot:  # never delete a folder that does not look like one of ours
-            raise FileExistsError(f"{root} is not empty and holds no Astribot dataset; refusing to replace it")
-        shutil.rmtree(root)
+    clear_generated(root, overwrite, _is_generated_astribot, "Astribot dataset")
     (root / "meta").mkdir(parents=True, exist_ok=True)
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from typing import Any
 import av
 import numpy as np
 from numpy.typing import NDArray
+
+from clap_data.factories.common import clear_generated
 
 __all__ = [
     "EGO4D_FPS",
@@ -476,17 +477,15 @@ def _check_plan(plan: Sequence[Ego4DClipSpec], video_size: tuple[int, int], enco
         raise ValueError(f"video_size must be (3·k·2, even) with bands of at least 16 px, e.g. (48, 32); got {video_size}")
 
 
+def _is_generated_ego4d(root: Path) -> bool:
+    try:
+        return "clap_data.factories.ego4d" in json.loads((root / METADATA_FILE).read_text()).get("description", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _prepare_root(root: Path, overwrite: bool) -> None:
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{root} is not empty; pass overwrite=True to replace a generated dataset")
-        try:
-            ours = "clap_data.factories.ego4d" in json.loads((root / METADATA_FILE).read_text()).get("description", "")
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:  # never delete a folder that does not look like one of ours
-            raise FileExistsError(f"{root} is not empty and holds no generated Ego4D dataset; refusing to replace it")
-        shutil.rmtree(root)
+    clear_generated(root, overwrite, _is_generated_ego4d, "generated Ego4D dataset")
     (root / "v2/annotations").mkdir(parents=True, exist_ok=True)
 
 

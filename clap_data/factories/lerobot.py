@@ -40,7 +40,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,6 +60,8 @@ from lerobot.datasets.utils import DatasetInfo, serialize_dict
 from lerobot.datasets.video_utils import get_video_info
 from lerobot.utils.utils import flatten_dict
 from numpy.typing import NDArray
+
+from clap_data.factories.common import clear_generated
 
 __all__ = [
     "DROID_FPS",
@@ -590,12 +591,7 @@ def _write_v21(
 
 
 def _prepare_root(root: Path, overwrite: bool) -> None:
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{root} is not empty; pass overwrite=True to replace a generated dataset")
-        if not (root / "meta/info.json").is_file():  # never delete a folder that does not look like a dataset
-            raise FileExistsError(f"{root} is not empty and holds no LeRobot dataset; refusing to replace it")
-        shutil.rmtree(root)
+    clear_generated(root, overwrite, lambda r: (r / "meta/info.json").is_file(), "LeRobot dataset")
     (root / "meta").mkdir(parents=True, exist_ok=True)
 
 
