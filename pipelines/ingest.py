@@ -101,7 +101,7 @@ def _convert_on_ray(
     """Stream outcomes back as actors finish episodes (order not preserved)."""
     import ray
 
-    pool = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    pool = min(len(refs), workers or max(1, int(ray.available_resources().get("CPU", 1))))
     items = [{"ref": pickle.dumps(ref)} for ref in refs]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), pool * _BLOCKS_PER_WORKER)))
     with warnings.catch_warnings():
