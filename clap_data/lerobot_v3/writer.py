@@ -35,7 +35,7 @@ from clap_data.schemas import (
 QUARANTINE_SCHEMA = pa.schema(
     [("source_episode", pa.string()), ("category", pa.string()), ("file", pa.string()), ("reason", pa.string())]
 )
-_META_BATCH = 1000  # divides layout.EPISODES_PER_META_FILE
+_META_BATCH = 100  # divides layout.EPISODES_PER_META_FILE; bounds the rows of stats held in memory
 _STATS_FEATURES = ("observation.state", "action", "arm_mask", "timestamp", "frame_index", "episode_index", "index", "task_index")
 
 
