@@ -1,10 +1,11 @@
 """Benchmark the Astribot ingest pipeline against a raw read + remux loop on the same data.
 
-For each episode count: generate an Astribot S1 dataset with the factory, time a single-process
-baseline that only reads the parquet columns the reader uses and stream-copies every video with
-plain PyAV, then time ``clap_data.pipelines.ingest.ingest`` on the same files, sampling the peak
-RSS of the driver and of the driver plus every descendant (Ray's GCS, raylet and workers). The
-numbers are printed and written into ``bench/RESULTS.md``. Never run by ``make test``.
+For each episode count, in a fresh process: generate an Astribot S1 dataset with the factory,
+time a single-process baseline that only reads the parquet columns the reader uses and
+stream-copies every video with plain PyAV, then time ``clap_data.pipelines.ingest.ingest`` on the
+same files, sampling the peak RSS of the driver and of the driver plus every descendant (Ray's
+GCS, raylet and workers). The numbers are printed and written into ``bench/RESULTS.md``. Never
+run by ``make test``.
 
     python bench/ingest.py [--episodes 100,1000] [--frames 60] [--workers 2] [--size 64x48] [--out bench/out]
 """
@@ -13,15 +14,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -54,19 +57,22 @@ and stream-copy every camera video into a new mp4 with plain PyAV. The *pipeline
 `clap_data.pipelines.ingest.ingest` on the same files, end to end (Ray start-up, conversion on
 `--workers` Ray workers, validation, staging, assembly of the LeRobot v3.0 dataset, publishing).
 **ratio = pipeline frames/s ÷ baseline frames/s**: 1.0 means the pipeline costs no more wall time
-than raw read+remux. The pipeline does several times the baseline's I/O per video (probe, decode
-check, copy, probe of the copy, and a second copy when assembly concatenates the episodes), so
-below 1 is the price of validation, Ray and assembly; the baseline uses one core while the
-pipeline uses `--workers`, which is what can push the ratio up. "excl. Ray init" leaves out
-`ray.init` (started by the benchmark just before `ingest`, which reuses it).
+than raw read+remux. The pipeline does several times the baseline's work per video (probe, decode
+check, copy, probe of the copy, keyframes decoded for image statistics, and a second copy when
+assembly concatenates the episodes), so below 1 is the price of validation, statistics, Ray and
+assembly; the baseline uses one core while the pipeline uses `--workers`, which is what can push
+the ratio up. "excl. Ray init" leaves out `ray.init` (started by the benchmark just before
+`ingest`, which reuses it); `ray.shutdown` is counted in both. Each size is measured in a fresh
+process.
 
 **Other columns.** *first episode after*: from the start of conversion to the first episode back
 from a worker (Ray Data start-up). *other processes (cores)*: average cores that processes other
 than the benchmark's kept busy during the run; above ~0.2 on a 2-core machine the timings are
 disturbed. Peak RSS is sampled every 0.1 s; "driver + Ray" sums RSS over the driver and all its
 descendants, so pages shared between processes (libraries, Ray's object store) are counted once
-per process: compare it across sizes, not with physical memory. Both runs read files the
-generator has just written (warm page cache).
+per process: compare it across sizes, not with physical memory. Because the benchmark starts Ray,
+Ray stays up during assembly (a CLI run shuts it down before), so that peak is if anything high.
+Both runs read files the generator has just written (warm page cache).
 
 **Re-run:** `.venv/bin/python bench/ingest.py --episodes 100,1000 --frames 60 --workers 2`
 (`make bench` runs the defaults, which are the same).
@@ -85,13 +91,14 @@ class BaselineResult:
 @dataclass(frozen=True)
 class PipelineResult:
     ray_init_seconds: float
-    ingest_seconds: float
+    ingest_seconds: float  # ingest() plus ray.shutdown(), which a CLI run also pays
     frames: int
     episodes: int
     setup_seconds: float  # ingest start -> conversion starts (staging, listing)
     first_episode_seconds: float  # conversion starts -> first episode back from a worker
     convert_seconds: float
     assemble_seconds: float  # assembly, publish and clean-up
+    ray_shutdown_seconds: float
     driver_start_mib: float
     driver_peak_mib: float
     tree_peak_mib: float
@@ -207,6 +214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (and num_cpus) for the pipeline")
     parser.add_argument("--size", default="64x48", help="WIDTHxHEIGHT of every camera, as the factory takes it")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="scratch folder (gitignored bench/out)")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size, write JSON
     args = parser.parse_args(argv)
     args.episode_counts = [int(n) for n in args.episodes.split(",") if n]
     args.video_size = tuple(int(x) for x in args.size.lower().split("x"))
@@ -280,9 +288,10 @@ def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
         ray_ready = time.perf_counter()
         try:
             report = ingest(AstribotSource(root), IngestRequest(out=out, overwrite=True, workers=workers), clock)
-            finished = time.perf_counter()
         finally:
+            ingested = time.perf_counter()
             ray.shutdown()
+            finished = time.perf_counter()
     if not (clock.converting and clock.assembling and clock.first_episode):
         raise SystemExit("the pipeline's phase messages changed: update PhaseClock, the phase timings would be wrong")
     if report.quarantine or report.written != report.listed:
@@ -296,7 +305,8 @@ def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
         setup_seconds=clock.converting - ray_ready,
         first_episode_seconds=clock.first_episode - clock.converting,
         convert_seconds=clock.assembling - clock.converting,
-        assemble_seconds=finished - clock.assembling,
+        assemble_seconds=ingested - clock.assembling,
+        ray_shutdown_seconds=finished - ingested,
         driver_start_mib=monitor.driver_start / MIB,
         driver_peak_mib=monitor.driver_peak / MIB,
         tree_peak_mib=monitor.tree_peak / MIB,
@@ -346,15 +356,15 @@ def throughput_table(results: list[SizeResult]) -> str:
 def phases_table(results: list[SizeResult]) -> str:
     """Where the pipeline's time goes, and how busy other processes kept the machine meanwhile."""
     lines = [
-        "| episodes | setup s | first episode after s | convert s | assemble + publish s "
+        "| episodes | setup s | first episode after s | convert s | assemble + publish s | Ray shutdown s "
         "| other processes, baseline (cores) | other processes, pipeline (cores) |",
-        "|" + "---:|" * 7,
+        "|" + "---:|" * 8,
     ]
     for r in results:
         p = r.pipeline
         lines.append(
             f"| {r.episodes} | {p.setup_seconds:.2f} | {p.first_episode_seconds:.2f} | {p.convert_seconds:.2f} "
-            f"| {p.assemble_seconds:.2f} | {r.baseline.other_cores:.2f} | {p.other_cores:.2f} |"
+            f"| {p.assemble_seconds:.2f} | {p.ray_shutdown_seconds:.2f} | {r.baseline.other_cores:.2f} | {p.other_cores:.2f} |"
         )
     return "\n".join(lines)
 
@@ -407,15 +417,34 @@ def update_results(path: Path, key: str, section: str) -> None:
     path.write_text(text)
 
 
+def result_file(out: Path, episodes: int) -> Path:
+    """Where the process that measured one size leaves its numbers for the parent."""
+    return out / f"result_{episodes}.json"
+
+
+def measure_in_fresh_process(episodes: int, argv: list[str], out: Path) -> SizeResult:
+    """Each size gets its own interpreter, so its peak RSS does not carry what an earlier size
+    left in the driver (allocator pools, Ray's client state): sizes then compare."""
+    child = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--one", str(episodes)])
+    if child.returncode:
+        raise SystemExit(f"measuring {episodes} episodes failed (exit status {child.returncode}); its output is above")
+    data = json.loads(result_file(out, episodes).read_text())
+    return SizeResult(episodes, BaselineResult(**data["baseline"]), PipelineResult(**data["pipeline"]))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Measure each size in turn: its baseline and pipeline share this process and its files."""
+    """Measure each size in a fresh process (baseline and pipeline together), then report all."""
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = shlex.join(["python", "bench/ingest.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.one is not None:
+        result_file(args.out, args.one).write_text(json.dumps(asdict(run_size(args.one, args))))
+        return 0
+    command = shlex.join(["python", "bench/ingest.py", *argv])
     machine = machine_description()
     for name, value in machine.items():
         print(f"{name}: {value}")
-    results = [run_size(n, args) for n in args.episode_counts]
+    results = [measure_in_fresh_process(n, argv, args.out) for n in args.episode_counts]
     print()
     print(throughput_table(results))
     print()

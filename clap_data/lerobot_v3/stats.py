@@ -33,12 +33,31 @@ def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
 
 def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     """Per-channel stats of ``[k, H, W, 3]`` uint8 frames, in [0, 1] and shaped ``[3, 1, 1]``,
-    the form lerobot's normalisers expect for camera features."""
-    pixels = frames.reshape(-1, 3).astype(np.float64) / 255.0
-    stats = feature_stats(pixels)
-    shaped = {name: value.reshape(3, 1, 1) for name, value in stats.items() if name != "count"}
-    shaped["count"] = np.array([len(frames)], dtype=np.int64)
-    return shaped
+    the form lerobot's normalisers expect for camera features.
+
+    Computed from a 256-bin histogram per channel: exact (quantiles interpolate as
+    ``np.quantile`` does) and an order of magnitude cheaper than sorting every pixel.
+    """
+    pixels = frames.reshape(-1, 3)
+    count = len(pixels)
+    levels = np.arange(256, dtype=np.float64)
+    channels: dict[str, list[float]] = {name: [] for name in ("min", "max", "mean", "std", *QUANTILES)}
+    for channel in range(3):
+        hist = np.bincount(pixels[:, channel], minlength=256).astype(np.float64)
+        cumulative = np.cumsum(hist)
+        present = np.nonzero(hist)[0]
+        mean = float(hist @ levels / count)
+        channels["min"].append(float(present[0]))
+        channels["max"].append(float(present[-1]))
+        channels["mean"].append(mean)
+        channels["std"].append(float(np.sqrt(max(hist @ (levels - mean) ** 2 / count, 0.0))))
+        for name, q in QUANTILES.items():
+            position = q * (count - 1)
+            below, above = np.searchsorted(cumulative, [np.floor(position), np.ceil(position)], side="right")
+            channels[name].append(float(below + (position - np.floor(position)) * (above - below)))
+    stats = {name: (np.array(values) / 255.0).reshape(3, 1, 1) for name, values in channels.items()}
+    stats["count"] = np.array([len(frames)], dtype=np.int64)
+    return stats
 
 
 class StatsAggregator:
