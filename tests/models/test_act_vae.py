@@ -1,0 +1,192 @@
+"""Act-VAE and vector quantiser: shapes, gradients, losses, reseeding, hub round trip, token text."""
+
+import time
+
+import pytest
+import torch
+
+from clap_data.models import (
+    ActVAE,
+    ActVAEConfig,
+    VectorQuantizer,
+    checkpoint_sha256,
+    code_usage,
+    parse_text_tokens,
+    perplexity,
+    text_tokens,
+)
+
+
+def tiny_config() -> ActVAEConfig:
+    return ActVAEConfig(num_queries=8, codebook_size=16, code_dim=8, width=32, encoder_layers=1, decoder_layers=1, heads=4)
+
+
+def smooth_chunks(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0, 1, 32)[None, None, :, None]
+    amp = torch.rand(n, 3, 1, 7, generator=g) * 2 - 1
+    freq = torch.rand(n, 3, 1, 7, generator=g) * 1.5 + 0.25
+    phase = torch.rand(n, 3, 1, 7, generator=g) * 6.283
+    return ((amp * torch.sin(6.283 * freq * t + phase)).sum(1) / 2).clamp(-1.5, 1.5)
+
+
+def test_shapes_and_dtypes():
+    torch.manual_seed(0)
+    m = ActVAE(tiny_config())
+    x = torch.randn(3, 32, 7)
+    z_q, idx, losses = m.encode(x)
+    assert z_q.shape == (3, 8, 8) and z_q.dtype == torch.float32
+    assert idx.shape == (3, 8) and idx.dtype == torch.int64
+    assert m.decode_indices(idx).shape == (3, 32, 7)
+    out = m(x)
+    assert set(out) >= {"recon", "indices", "loss", "recon_mse", "codebook_loss", "commit_loss"}
+    assert out["recon"].shape == (3, 32, 7) and out["loss"].dim() == 0
+    expected = out["recon_mse"] + out["codebook_loss"] + m.config.beta * out["commit_loss"]
+    assert torch.allclose(out["loss"], expected)
+    tok = m.tokenize_dual(torch.randn(3, 32, 14), torch.tensor([[1, 1], [1, 0], [0, 1]]))
+    assert tok.shape == (3, 16) and tok.dtype == torch.int16
+    assert m.detokenize_dual(tok).shape == (3, 32, 14)
+    with pytest.raises(ValueError):
+        m.encode(torch.randn(3, 31, 7))
+
+
+def test_inactive_arm_is_encoded_from_zero_chunk():
+    torch.manual_seed(0)
+    m = ActVAE(tiny_config())
+    x = torch.randn(2, 32, 14)
+    tok = m.tokenize_dual(x, torch.tensor([[1, 0], [0, 1]]))
+    zero_codes = m.tokenize_dual(torch.zeros(1, 32, 14))[0, :8]
+    assert torch.equal(tok[0, 8:], zero_codes) and torch.equal(tok[1, :8], zero_codes)
+    left_only = m.tokenize_dual(x[:, :, :7].repeat(1, 1, 2))
+    assert torch.equal(tok[0, :8], left_only[0, :8])
+
+
+def test_straight_through_gradient_reaches_encoder():
+    torch.manual_seed(0)
+    m = ActVAE(tiny_config())
+    out = m(torch.randn(4, 32, 7))
+    out["recon_mse"].backward()  # reconstruction only: gradient must pass the quantiser
+    assert m.step_embed.weight.grad is not None and m.step_embed.weight.grad.abs().sum() > 0
+    assert m.to_latent.weight.grad.abs().sum() > 0
+
+
+def test_quantizer_nearest_code_and_losses():
+    vq = VectorQuantizer(3, 2)
+    with torch.no_grad():
+        vq.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]))
+    z = torch.tensor([[0.9, 0.2], [0.1, 1.5], [-0.2, 0.1]], requires_grad=True)
+    z_q, idx, losses = vq(z)
+    assert idx.tolist() == [1, 2, 0] and idx.dtype == torch.int64
+    assert torch.equal(z_q, torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]))
+    # squared errors: 0.01+0.04, 0.01+0.25, 0.04+0.01 -> 0.36 over 6 elements
+    assert losses["codebook"].item() == pytest.approx(0.36 / 6)
+    assert losses["commitment"].item() == pytest.approx(0.36 / 6)
+    losses["commitment"].backward()
+    assert vq.embedding.weight.grad is None  # commitment does not move the codebook
+    z_q.sum().backward()
+    assert torch.allclose(z.grad, 2 * (z - z_q).detach() / 6 + 1)  # straight-through: d(sum z_q)/dz = 1
+
+
+def test_reseed_replaces_exactly_unused_codes():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(6, 2)
+    with torch.no_grad():
+        vq.embedding.weight.copy_(torch.arange(12, dtype=torch.float32).reshape(6, 2) * 10)
+    vq.train()
+    vq(torch.tensor([[0.0, 10.0], [40.0, 50.0], [41.0, 50.0]]))  # hits codes 0 and 2
+    assert vq.usage.tolist() == [1, 0, 2, 0, 0, 0]
+    before = vq.embedding.weight.detach().clone()
+    latents = torch.full((5, 2), 7.0)
+    assert vq.reseed_dead_codes(latents) == 4
+    after = vq.embedding.weight.detach()
+    assert torch.equal(after[[0, 2]], before[[0, 2]])
+    assert torch.equal(after[[1, 3, 4, 5]], torch.full((4, 2), 7.0))
+    assert vq.usage.sum() == 0
+    vq.eval()
+    vq(torch.zeros(2, 2))
+    assert vq.usage.sum() == 0  # eval mode does not count
+    # without latents: reseeded from live codes (plus noise), live ones untouched
+    vq.train()
+    vq(torch.tensor([[0.0, 10.0]]))
+    assert vq.reseed_dead_codes() == 5 and torch.equal(vq.embedding.weight[0], before[0])
+
+
+def test_perplexity_and_usage():
+    assert perplexity(torch.arange(64).repeat(3), 64) == pytest.approx(64.0)
+    assert perplexity(torch.zeros(10, dtype=torch.long), 64) == pytest.approx(1.0)
+    assert code_usage(torch.tensor([0, 0, 3]), 8) == pytest.approx(0.25)
+
+
+def test_param_groups_scale_codebook_lr():
+    m = ActVAE(tiny_config())
+    groups = m.param_groups(2e-5)
+    assert groups[1]["params"][0] is m.quantizer.embedding.weight
+    assert groups[1]["lr"] == pytest.approx(1e-3)
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = ActVAE(ActVAEConfig.small()).eval()
+    m.save_pretrained(tmp_path / "a")
+    assert (tmp_path / "a" / "model.safetensors").is_file() and (tmp_path / "a" / "config.json").is_file()
+    loaded = ActVAE.from_pretrained(tmp_path / "a")
+    assert loaded.config == m.config
+    x = torch.randn(4, 32, 14)
+    with torch.no_grad():
+        assert torch.equal(m.tokenize_dual(x), loaded.tokenize_dual(x))
+        assert torch.equal(m(x[..., :7])["recon"], loaded(x[..., :7])["recon"])
+    loaded.save_pretrained(tmp_path / "b")
+    assert checkpoint_sha256(tmp_path / "a") == checkpoint_sha256(tmp_path / "b")
+    assert len(checkpoint_sha256(tmp_path / "a")) == 64
+
+
+def test_text_tokens_round_trip_right_arm_first():
+    tokens = torch.tensor(list(range(8)) + list(range(100, 108)), dtype=torch.int16)  # left 0..7, right 100..107
+    text = text_tokens(tokens)
+    assert text.startswith("<ACT_100><ACT_101>") and text.endswith("<ACT_6><ACT_7>")
+    back = parse_text_tokens(text)
+    assert back.dtype == torch.int16 and torch.equal(back, tokens)
+    assert torch.equal(parse_text_tokens(text.replace("><", "> <")), tokens)
+    for bad in [text[:-1], text + "<ACT_1>", text.replace("<ACT_3>", "<ACT_x>"), "junk" + text, text[9:]]:
+        with pytest.raises(ValueError):
+            parse_text_tokens(bad)
+    with pytest.raises(ValueError):
+        parse_text_tokens(text, codebook_size=100)
+
+
+def test_release_parameter_count():
+    with torch.device("meta"):  # no memory allocated at all
+        m = ActVAE(ActVAEConfig.release())
+    n = sum(p.numel() for p in m.parameters())
+    c = ActVAEConfig.release()
+    d, h = c.width, int(c.width * c.mlp_ratio)
+    per_layer = 4 * d * d + 4 * d + 2 * d * h + h + d + 4 * d
+    assert n > 60e6
+    assert n == 30 * per_layer + 2 * 2 * d + m.quantizer.embedding.weight.numel() + (
+        (7 * d + d) + (d * 128 + 128) + (128 * d + d) + (d * 7 + 7) + 2 * 8 * d + 2 * 32 * d
+    )
+    print(f"release Act-VAE parameters: {n / 1e6:.1f} M")
+
+
+@pytest.mark.skip(reason="known open bug (issue #4): the small preset plateaus at the data variance (recon MSE ~0.13) even without the quantiser")
+@pytest.mark.timeout(120)
+def test_small_preset_overfits():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    x = smooth_chunks(64)
+    m = ActVAE(ActVAEConfig.small())
+    opt = torch.optim.Adam(m.param_groups(1e-3))
+    t0 = time.time()
+    for step in range(1, 301):
+        out = m(x)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        if (step == 1 or step % 20 == 0) and step <= 200:
+            m.reseed_dead_codes(out["z_e"])
+    m.eval()
+    with torch.no_grad():
+        mse = m(x)["recon_mse"].item()
+    print(f"overfit: recon MSE {mse:.4f} after 300 steps in {time.time() - t0:.1f} s")
+    assert mse < 0.02
