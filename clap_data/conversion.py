@@ -106,7 +106,7 @@ def _stage_window(window: VideoWindow, relative: str, frames: int, target: Path,
     video.check_decodes(window.path, probe, full=options.full_decode, start=window.start, count=count)
     if options.reencode or not probe.can_copy(window.start):
         video.reencode(window.path, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop, options.crf,
-                       start=window.start, count=count)
+                       start=window.start, count=count, probe=probe)
     else:
         video.copy_window(window.path, target, probe, fps, start=window.start, count=count)
 

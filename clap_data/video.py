@@ -13,6 +13,7 @@ import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import av
@@ -52,6 +53,11 @@ class VideoProbe:
         """How many frames decode order runs ahead of display order (0 without B-frames)."""
         return max([0] + [i - r for i, r in enumerate(self.presentation_rank)])
 
+    @cached_property
+    def rank_of_pts(self) -> dict[int, int]:
+        """Display position of each timestamp, built once per probe (files can hold many episodes)."""
+        return {pts: rank for rank, pts in enumerate(self.display_pts)}
+
     def can_copy(self, start: int) -> bool:
         """Whether frames from ``start`` on can be stream-copied: the whole file, or a window that
         starts on a keyframe of a stream without B-frames (so no frame needs one before it)."""
@@ -70,8 +76,21 @@ def _open(path: Path) -> av.container.InputContainer:
 
 
 def probe_video(path: Path) -> VideoProbe:
-    """Demux every packet of the first video stream: counts frames and finds truncation."""
-    with _open(path) as container:
+    """Demux every packet of the first video stream: counts frames and finds truncation.
+
+    Probes are cached per file version (path, size, modification time): a LeRobot v3 file or an
+    Ego4D clip holds many episodes, and each of them would otherwise demux the whole file again.
+    """
+    try:
+        stat = Path(path).stat()
+    except OSError as exc:
+        raise VideoError(f"cannot be opened as a video ({exc})") from exc
+    return _probe_file_version(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _probe_file_version(path: str, size: int, mtime_ns: int) -> VideoProbe:
+    with _open(Path(path)) as container:
         stream = container.streams.video[0]
         ctx = stream.codec_context
         pts_list: list[int] = []
@@ -117,7 +136,7 @@ def _decode_window(container: av.container.InputContainer, probe: VideoProbe, st
     keyframe before ``start`` and decodes forward, matching frames to positions by timestamp,
     so offset or irregular source clocks do not shift the window."""
     stream = container.streams.video[0]
-    rank_of_pts = {pts: r for r, pts in enumerate(probe.display_pts)}
+    rank_of_pts = probe.rank_of_pts
     if start > 0:
         container.seek(probe.display_pts[start], stream=stream, backward=True, any_frame=False)
     for frame in container.decode(stream):
@@ -174,7 +193,7 @@ def copy_window(src: Path, dst: Path, probe: VideoProbe, fps: int, start: int = 
         ost.time_base = time_base
         if start > 0:
             inp.seek(probe.display_pts[start], stream=ist, backward=True, any_frame=False)
-        rank_of_pts = {pts: r for r, pts in enumerate(probe.display_pts)}
+        rank_of_pts = probe.rank_of_pts
         written = 0
         for packet in inp.demux(ist):
             if packet.size == 0 or packet.pts is None:
@@ -240,10 +259,10 @@ def _encode_frames(frames: Iterator[av.VideoFrame], dst: Path, fps: int, size: t
 
 
 def reencode(src: Path, dst: Path, fps: int, size: tuple[int, int] | None, codec: str, gop: int, crf: int,
-             start: int = 0, count: int | None = None) -> None:
+             start: int = 0, count: int | None = None, probe: VideoProbe | None = None) -> None:
     """Decode frames ``[start, start + count)`` and re-encode them (optionally resized to
     ``(height, width)``), frame-accurately: the output's first frame is exactly frame ``start``."""
-    probe = probe_video(src)
+    probe = probe or probe_video(src)
     count = probe.frame_count - start if count is None else count
     with _open(src) as inp:
         frames = (frame for _, frame in _decode_window(inp, probe, start, count))

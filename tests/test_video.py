@@ -177,3 +177,12 @@ def test_encoding_keeps_one_frame_per_step_at_any_frame_rate(tmp_path, codec, fp
     video.encode_images(images, dst, fps=fps, size=None, codec=codec, gop=2, crf=30)
     assert video.probe_video(dst).frame_count == 12
     assert timestamps(dst) == pytest.approx([i / fps for i in range(12)], abs=1e-9)
+
+
+def test_probes_are_cached_per_file_version(tmp_path):
+    # Episodes of one LeRobot v3 file or Ego4D clip all probe the same file: demux it once.
+    first = encode(tmp_path / "clip.mp4", "libx264", frames=8, options={"bf": "0", "g": "2"})
+    probe = video.probe_video(first)
+    assert video.probe_video(first) is probe
+    encode(tmp_path / "clip.mp4", "libx264", frames=12, options={"bf": "0", "g": "2"})  # rewritten in place
+    assert video.probe_video(first).frame_count == 12
