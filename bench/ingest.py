@@ -403,10 +403,11 @@ def results_section(args: argparse.Namespace, command: str, machine: dict[str, s
     )
 
 
-def update_results(path: Path, key: str, section: str) -> None:
-    """Replace this configuration's section (between its markers) or append it; the header is
-    written only when the file is new, so hand edits to it survive."""
-    begin, end = f"<!-- bench/ingest.py {key} -->", f"<!-- end bench/ingest.py {key} -->"
+def update_results(path: Path, key: str, section: str, script: str = "bench/ingest.py") -> None:
+    """Replace ``script``'s section for this configuration (between its markers) or append it;
+    the header is written only when the file is new, so hand edits to it survive. Every benchmark
+    of bench/ writes its results through this, each under its own markers."""
+    begin, end = f"<!-- {script} {key} -->", f"<!-- end {script} {key} -->"
     block = f"{begin}\n{section}{end}"
     text = path.read_text() if path.is_file() else RESULTS_HEADER
     if begin in text and end in text:

@@ -54,6 +54,7 @@ from ingest import (  # noqa: E402  the Astribot benchmark's measuring helpers
     PipelineResult,
     machine_description,
     remux,
+    update_results,
 )
 
 from clap_data.conversion import VideoOptions  # noqa: E402
@@ -379,21 +380,6 @@ def config_key(args: argparse.Namespace) -> str:
             f"workers={args.workers} codec={args.codec} size={args.size}")
 
 
-def update_section(path: Path, key: str, text: str) -> None:
-    """Replace this script's section for ``key`` in RESULTS.md (read fresh) or append it.
-
-    bench/ingest.py's update_results cannot be reused: its marker names bench/ingest.py."""
-    begin, end = f"<!-- bench/ingest_sources.py {key} -->", f"<!-- end bench/ingest_sources.py {key} -->"
-    block = f"{begin}\n{text}{end}"
-    current = path.read_text()
-    if begin in current and end in current:
-        before, rest = current.split(begin, 1)
-        current = before + block + rest.split(end, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(current)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", default=",".join(SOURCES), help="comma-separated, from " + ", ".join(SOURCES))
@@ -447,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results))
     command = shlex.join([".venv/bin/python", "bench/ingest_sources.py", *argv])
-    update_section(RESULTS_PATH, config_key(args), section(args, command, machine, results))
+    update_results(RESULTS_PATH, config_key(args), section(args, command, machine, results), script="bench/ingest_sources.py")
     print(f"\nwritten to {RESULTS_PATH}")
     return 0
 
