@@ -39,6 +39,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+	$(PY) bench/ingest_sources.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) bench/out
