@@ -102,12 +102,21 @@ def absolute_chunk(state_t: FloatArray, relative: FloatArray) -> FloatArray:
     return np.concatenate([_arm_absolute(state_t[..., arm], relative[..., arm]) for arm in _ARMS], axis=-1)
 
 
+def chunks_at(state: FloatArray, action: FloatArray, starts: NDArray[np.int64], last: NDArray[np.int64], size: int = CHUNK_SIZE) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """Relative chunks ``[len(starts), size, 14]`` starting at frames ``starts`` of the frame arrays
+    ``state``/``action`` (one episode, or many concatenated), each padded by repeating frame ``last``
+    (its episode's final frame); and which chunks were padded."""
+    starts = np.asarray(starts, dtype=np.int64)
+    last = np.asarray(last, dtype=np.int64)
+    index = np.minimum(starts[:, None] + np.arange(size)[None, :], last[:, None])
+    commands = np.asarray(action[index], dtype=np.float64)
+    return relative_chunk(np.asarray(state[starts], dtype=np.float64), commands), starts + size > last + 1
+
+
 def episode_chunks(state: FloatArray, action: FloatArray, size: int = CHUNK_SIZE) -> tuple[FloatArray, NDArray[np.bool_]]:
     """The relative chunk at every frame of an episode, ``[N, size, 14]``, and which are padded."""
     frames = len(action)
-    index = np.minimum(np.arange(frames)[:, None] + np.arange(size)[None, :], frames - 1)
-    commands = np.asarray(action, dtype=np.float64)[index]
-    return relative_chunk(np.asarray(state, dtype=np.float64), commands), np.arange(frames) + size > frames
+    return chunks_at(state, action, np.arange(frames), np.full(frames, frames - 1), size)
 
 
 def chunk_commands(action: FloatArray, t: int, size: int = CHUNK_SIZE) -> tuple[FloatArray, bool]:
@@ -137,12 +146,16 @@ def denormalize(values: FloatArray, q01: FloatArray, q99: FloatArray) -> FloatAr
 
 
 def mask_arms(values: FloatArray, arm_mask: FloatArray) -> FloatArray:
-    """Zero the inactive arm's 7 values (after normalisation, so an empty slot is exactly 0)."""
-    out = np.array(values, dtype=np.float64, copy=True)
-    for active, arm in zip(arm_mask, _ARMS, strict=True):
-        if not active:
-            out[..., arm] = 0.0
-    return out
+    """Zero the inactive arm's 7 values (after normalisation, so an empty slot is exactly 0).
+    ``arm_mask [..., 2]`` broadcasts against ``values [..., 14]`` minus its last axis."""
+    keep = np.repeat(np.asarray(arm_mask) != 0, 7, axis=-1)
+    return np.where(keep, np.asarray(values, dtype=np.float64), 0.0)
+
+
+def model_chunks(chunks: FloatArray, arm_mask: FloatArray, stats: NormStats) -> FloatArray:
+    """Relative chunks ``[B, 32, 14]`` as the Act-VAE sees them: normalised, inactive arm (``arm_mask
+    [B, 2]`` at each chunk's first frame) zeroed. The vectorised form of :func:`tokenizer_input`."""
+    return mask_arms(normalize(chunks, stats.action_q01, stats.action_q99), np.asarray(arm_mask)[:, None, :])
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,16 @@ entries and temporary names, so rerunning the same command resumes and produces 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from clap_data.atomic import remove_temp_leftovers, write_json_atomic
 from clap_data.errors import ClapDataError
+from clap_data.locking import exclusive_lock
 from clap_data.sources.base import EpisodeRef
 
 
@@ -33,28 +32,9 @@ class StagingArea:
         self.dataset_dir = self.root / "dataset"
         self.previous_dir = self.root / "previous"
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> AbstractContextManager[None]:
         """Hold the output's lock for the whole run; a second run on the same output refuses."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        handle = open(self.root / "lock", "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise ClapDataError(
-                f"another clap-data run ({holder}) is writing {self.out}; wait for it to finish or choose another --out"
-            ) from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}")
-            handle.flush()
-            yield
-        finally:
-            handle.close()
+        return exclusive_lock(self.root / "lock", self.out)
 
     def prepare(self, run_options: dict[str, Any], discard_mismatch: bool) -> None:
         """Resume earlier work done with the same options, or start afresh.

@@ -61,11 +61,17 @@ class ActVAEConfig:
     dropout: float = 0.0
     beta: float = 1.0  # commitment weight
     codebook_lr_scale: float = 50.0  # Table IX: codebook lr 1e-3 vs VAE lr 2e-5
-    dead_code_check_every: int = 2000
+    dead_code_check_every: int = 2000  # steps between dead-code re-seeding
+    # Where re-seeded codes come from: "live_codes" (METHOD.md §3: random live codes plus a little
+    # noise) or "latents" (random encoder outputs of the current batch, which revives codes faster
+    # on small data; the small preset uses it).
+    reseed_from: str = "live_codes"
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.reseed_from not in ("live_codes", "latents"):
+            raise ValueError(f"reseed_from must be live_codes or latents, got {self.reseed_from!r}")
         if not 1 <= self.codebook_size <= torch.iinfo(torch.int16).max + 1:
             raise ValueError(f"codebook_size {self.codebook_size} does not fit int16 tokens")
         for name in ("chunk_size", "action_dim", "num_queries", "code_dim", "width", "encoder_layers", "decoder_layers"):
@@ -81,7 +87,8 @@ class ActVAEConfig:
     def small(cls) -> "ActVAEConfig":
         """A model that trains on a CPU in minutes (tests, smoke runs)."""
         return cls(
-            num_queries=8, codebook_size=256, code_dim=64, width=128, encoder_layers=2, decoder_layers=2, heads=4
+            num_queries=8, codebook_size=256, code_dim=64, width=128, encoder_layers=2, decoder_layers=2, heads=4,
+            dead_code_check_every=50, reseed_from="latents",
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,66 +1,19 @@
-"""The ``clap-data`` command line: parses arguments, calls a pipeline, prints a summary.
-
-Errors reach the user as one sentence on stderr and an exit status (see :class:`ExitCode`);
-set ``CLAP_DATA_DEBUG=1`` to see the traceback of an unexpected failure.
-"""
+"""Commands on unified datasets: ``ingest``, ``info``, ``normstats``, ``chunk``."""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from clap_data.cli.common import app, stderr, stdout, user_errors
 from clap_data.conversion import VideoOptions
-from clap_data.errors import ClapDataError, ExitCode
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Turn robot datasets and human video into one tokenized LeRobot v3 corpus (CLAP).",
-)
-
-stdout = Console()
-stderr = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(command: F) -> F:
-    """Turn expected failures into one sentence and exit status 1; never show a traceback
-    unless CLAP_DATA_DEBUG is set."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, typer.TyperException):  # usage errors (BadParameter) exit 2
-            raise
-        except ClapDataError as exc:
-            stderr.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(ExitCode.FAILED) from None
-        except KeyboardInterrupt:
-            stderr.print("interrupted; rerun the same command to resume")
-            raise typer.Exit(130) from None
-        except Exception as exc:
-            if os.environ.get("CLAP_DATA_DEBUG"):
-                raise
-            stderr.print(
-                f"[red]error:[/red] unexpected failure ({type(exc).__name__}: {exc}); "
-                "set CLAP_DATA_DEBUG=1 to see the traceback",
-                highlight=False,
-            )
-            raise typer.Exit(ExitCode.FAILED) from None
-
-    return wrapper  # type: ignore[return-value]
+from clap_data.errors import ExitCode
 
 
 def _split_list(value: str | None) -> list[str] | None:
@@ -262,11 +215,3 @@ def info(
     for row in summary["quarantine"]:
         table.add_row("", f"{row['episode']}: {row['reason']}")
     stdout.print(table)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

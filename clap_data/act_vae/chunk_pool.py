@@ -1,0 +1,160 @@
+"""One-arm training and evaluation chunks drawn from unified robot datasets (METHOD.md §2–3).
+
+The Act-VAE sees one arm's normalised chunk ``[32, 7]`` at a time. A pool keeps the frame arrays of
+every given dataset in memory as float32 (state, action, arm mask: 120 bytes per frame, so about
+1.2 GB per 10 M frames) and builds chunks on demand, batch by batch: the 32× larger chunk tensor is
+never materialised. Datasets of different embodiments mix, each normalised with its own
+statistics; single-arm data contributes only its active arm (a sample is a ``(frame, arm)`` pair
+whose arm is active at that frame).
+
+The held-out split is deterministic, so ``train`` and ``eval`` agree without sharing state:
+
+* ``episodes``: an episode is held out when a hash of its index falls below ``fraction``.
+* ``tail``: the last ``fraction`` of every episode is held out; training chunks must end before
+  it (no training chunk sees a held-out frame), held-out chunks start inside it. For datasets with
+  very few episodes, such as the two-episode Astribot sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from clap_data.actions import CHUNK_SIZE, NormStats, chunks_at, model_chunks
+from clap_data.errors import ClapDataError
+from clap_data.lerobot_v3.reader import iter_episode_arrays
+from clap_data.norm_stats import load_norm_stats
+
+HOLDOUT_MODES = ("episodes", "tail")
+ARM_DIMS = (slice(0, 7), slice(7, 14))
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Which chunks are held out of training (see the module docstring)."""
+
+    mode: str = "episodes"
+    fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.mode not in HOLDOUT_MODES:
+            raise ClapDataError(f"holdout mode must be one of {', '.join(HOLDOUT_MODES)}, not {self.mode!r}")
+        if not 0.0 <= self.fraction < 1.0:
+            raise ClapDataError(f"holdout fraction must lie in [0, 1), got {self.fraction}")
+
+    def episode_held_out(self, episode_index: int) -> bool:
+        digest = hashlib.sha256(f"clap-holdout:{episode_index}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.fraction
+
+    def starts(self, episode_index: int, frames: int, held_out: bool) -> NDArray[np.int64]:
+        """Chunk start frames of one episode on the requested side of the split."""
+        every = np.arange(frames, dtype=np.int64)
+        if self.mode == "episodes":
+            return every if self.episode_held_out(episode_index) == held_out else every[:0]
+        cut = int(np.floor(frames * (1.0 - self.fraction)))
+        if held_out:
+            return every[cut:] if self.fraction > 0 else every[:0]
+        return every[every + CHUNK_SIZE <= cut] if self.fraction > 0 else every
+
+    def to_dict(self) -> dict[str, object]:
+        return {"mode": self.mode, "fraction": self.fraction}
+
+
+@dataclass
+class DatasetChunks:
+    """Frame arrays of one dataset and the ``(frame, arm)`` samples drawn from it."""
+
+    root: Path
+    stats: NormStats
+    state: NDArray[np.float32]  # [F, 14], episodes concatenated
+    action: NDArray[np.float32]
+    arm_mask: NDArray[np.float32]  # [F, 2]
+    last_frame: NDArray[np.int64]  # [F] global index of each frame's episode end
+    sample_frames: NDArray[np.int64]  # [S] global chunk start frames
+    sample_arms: NDArray[np.int64]  # [S] 0 = left, 1 = right
+
+    def chunks(self, picks: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+        """Normalised one-arm chunks ``[len(picks), 32, 7]`` of samples ``picks``, and their arms."""
+        frames, arms = self.sample_frames[picks], self.sample_arms[picks]
+        relative, _ = chunks_at(self.state, self.action, frames, self.last_frame[frames])
+        dual = model_chunks(relative, self.arm_mask[frames], self.stats)
+        one_arm = np.where((arms == 0)[:, None, None], dual[..., ARM_DIMS[0]], dual[..., ARM_DIMS[1]])
+        return one_arm, arms
+
+
+def _load_dataset(root: Path, stats_kind: str, holdout: Holdout, held_out: bool) -> DatasetChunks:
+    stats = load_norm_stats(root, stats_kind)
+    if stats is None:
+        raise ClapDataError(f"{root} is human video: it has no action labels to train or evaluate the Act-VAE on")
+    states, actions, masks, lasts, frames_out, arms_out = [], [], [], [], [], []
+    offset = 0
+    for episode in iter_episode_arrays(root):
+        n = len(episode.state)
+        states.append(episode.state.astype(np.float32))
+        actions.append(episode.action.astype(np.float32))
+        masks.append(episode.arm_mask.astype(np.float32))
+        lasts.append(np.full(n, offset + n - 1, dtype=np.int64))
+        starts = holdout.starts(episode.episode_index, n, held_out)
+        for arm in (0, 1):
+            active = starts[episode.arm_mask[starts, arm] != 0]
+            frames_out.append(active + offset)
+            arms_out.append(np.full(len(active), arm, dtype=np.int64))
+        offset += n
+    if offset == 0:
+        raise ClapDataError(f"{root} holds no frames")
+
+    def joined(parts: list[np.ndarray], dtype: type, width: int | None = None) -> np.ndarray:
+        if parts:
+            return np.concatenate(parts).astype(dtype, copy=False)
+        return np.zeros((0,) if width is None else (0, width), dtype=dtype)
+
+    return DatasetChunks(
+        root=Path(root), stats=stats,
+        state=joined(states, np.float32, 14), action=joined(actions, np.float32, 14), arm_mask=joined(masks, np.float32, 2),
+        last_frame=joined(lasts, np.int64), sample_frames=joined(frames_out, np.int64), sample_arms=joined(arms_out, np.int64),
+    )
+
+
+class ChunkPool:
+    """Samples across several datasets, in proportion to how many each holds."""
+
+    def __init__(self, roots: list[Path], stats_kind: str, holdout: Holdout, held_out: bool) -> None:
+        self.datasets = [_load_dataset(Path(root), stats_kind, holdout, held_out) for root in roots]
+        self.sizes = np.array([len(d.sample_frames) for d in self.datasets], dtype=np.int64)
+        self.side = "held-out" if held_out else "training"
+        self.holdout = holdout
+
+    def __len__(self) -> int:
+        return int(self.sizes.sum())
+
+    def require_samples(self) -> None:
+        if len(self) == 0:
+            names = ", ".join(str(d.root) for d in self.datasets)
+            hint = " (with very few episodes, try --holdout tail)" if self.holdout.mode == "episodes" else ""
+            raise ClapDataError(f"{names}: no {self.side} chunks under holdout {self.holdout.mode} {self.holdout.fraction}{hint}")
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> torch.Tensor:
+        """A random batch of one-arm chunks ``[batch_size, 32, 7]`` (float32)."""
+        self.require_samples()
+        owners = rng.choice(len(self.datasets), size=batch_size, p=self.sizes / self.sizes.sum())
+        parts = []
+        for i, dataset in enumerate(self.datasets):
+            count = int((owners == i).sum())
+            if count:
+                parts.append(dataset.chunks(rng.integers(0, self.sizes[i], size=count))[0])
+        return torch.from_numpy(np.concatenate(parts).astype(np.float32))
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor, NDArray[np.int64]]]:
+        """Every sample once, in order: ``(dataset position, chunks [B, 32, 7], arms [B])``."""
+        self.require_samples()
+        for i, dataset in enumerate(self.datasets):
+            for begin in range(0, self.sizes[i], batch_size):
+                picks = np.arange(begin, min(begin + batch_size, self.sizes[i]))
+                chunks, arms = dataset.chunks(picks)
+                yield i, torch.from_numpy(chunks.astype(np.float32)), arms

@@ -1,0 +1,230 @@
+"""Train the Act-VAE on one-arm chunks of unified robot datasets (METHOD.md §3, Table IX).
+
+The loop is plain PyTorch on one device (a GPU when there is one): random batches from a
+:class:`ChunkPool`, loss = reconstruction + codebook + β·commitment, the codebook in its own
+optimizer group at ``codebook_lr_scale`` × the learning rate, and dead codes (unused since the
+last check) re-seeded from live codes every ``dead_code_check_every`` steps. It saves every
+``save_every`` steps and at the end; rerunning the same command resumes from the last save
+(optimizer and RNG states included), and asking for more steps than a finished run had continues it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clap_data.act_vae.checkpoint import (
+    TRAINING_STATE_NAME,
+    clear_checkpoint,
+    read_training_meta,
+    save_weights,
+    write_training_meta,
+)
+from clap_data.act_vae.chunk_pool import ChunkPool, Holdout
+from clap_data.atomic import temp_sibling
+from clap_data.errors import ClapDataError
+from clap_data.locking import exclusive_lock
+from clap_data.models import ActVAE, ActVAEConfig
+
+PRESETS: dict[str, Callable[[], ActVAEConfig]] = {"release": ActVAEConfig.release, "small": ActVAEConfig.small}
+# Table IX: the release VAE trains at 2e-5 (codebook ×50 = 1e-3). The small preset is ~100× smaller
+# and trains for minutes, not days: 1e-3 (codebook 5e-2) reaches the same behaviour there.
+DEFAULT_LEARNING_RATE = {"release": 2e-5, "small": 1e-3}
+
+
+def preset_config(preset: str, **overrides: Any) -> ActVAEConfig:
+    """A preset's config with some fields replaced (e.g. ``num_queries``, ``codebook_size`` for sweeps)."""
+    if preset not in PRESETS:
+        raise ClapDataError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    config = PRESETS[preset]().to_dict()
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ActVAEConfig(**config)
+    except (TypeError, ValueError) as exc:
+        raise ClapDataError(f"invalid Act-VAE settings: {exc}") from None
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ClapDataError(f"--device {requested} was asked for, but this machine has no usable CUDA GPU")
+    return torch.device(requested)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    steps: int = 2000
+    batch_size: int = 128
+    learning_rate: float | None = None  # None: the preset's default
+    stats: str = "openclap"
+    holdout: Holdout = field(default_factory=Holdout)
+    device: str = "auto"
+    seed: int = 0
+    save_every: int = 500
+    log_every: int = 25
+    overwrite: bool = False
+
+
+@dataclass
+class StepMetrics:
+    """Means over the last ``log_every`` steps (code usage: distinct codes hit in that window / K)."""
+
+    step: int
+    loss: float
+    recon_mse: float
+    code_usage: float
+    steps_per_second: float
+
+
+@dataclass
+class TrainReport:
+    ckpt: Path
+    sha256: str
+    steps: int
+    resumed_from: int
+    already_complete: bool
+    train_chunks: int
+    device: str
+    seconds: float
+    last: StepMetrics | None
+    reseeded_codes: int
+
+
+def _run_identity(roots: list[Path], preset: str, config: ActVAEConfig, options: TrainOptions, lr: float) -> dict[str, Any]:
+    """What must match for a rerun to resume rather than start afresh."""
+    return {
+        "datasets": [str(Path(r).resolve()) for r in roots],
+        "preset": preset,
+        "config": config.to_dict(),
+        "stats": options.stats,
+        "holdout": options.holdout.to_dict(),
+        "batch_size": options.batch_size,
+        "learning_rate": lr,
+        "seed": options.seed,
+    }
+
+
+def _save_state(ckpt: Path, model: ActVAE, optimizer: torch.optim.Optimizer, step: int, rng: np.random.Generator) -> None:
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = temp_sibling(ckpt / TRAINING_STATE_NAME)
+    torch.save(state, tmp)
+    tmp.replace(ckpt / TRAINING_STATE_NAME)
+
+
+def _resume(ckpt: Path, identity: dict[str, Any], options: TrainOptions) -> dict[str, Any] | None:
+    """The saved state to continue from, None to start afresh; refuses to mix different runs."""
+    state_file = ckpt / TRAINING_STATE_NAME
+    meta = read_training_meta(ckpt)
+    if options.overwrite:
+        clear_checkpoint(ckpt)
+        return None
+    if not state_file.is_file():
+        if ckpt.exists() and any(p for p in ckpt.iterdir() if not p.name.startswith(".")):
+            raise ClapDataError(f"{ckpt} exists and is not a resumable Act-VAE run; choose another --out or pass --overwrite")
+        return None
+    if meta.get("run") != identity:
+        changed = sorted(k for k in identity if meta.get("run", {}).get(k) != identity[k])
+        raise ClapDataError(
+            f"{ckpt} holds a run with other settings ({', '.join(changed)} differ); "
+            "pass --overwrite to start afresh or choose another --out"
+        )
+    try:
+        return torch.load(state_file, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise ClapDataError(f"{state_file} cannot be read ({exc}); pass --overwrite to start afresh") from None
+
+
+def train_act_vae(
+    roots: list[Path],
+    ckpt: Path,
+    preset: str = "small",
+    config: ActVAEConfig | None = None,
+    options: TrainOptions | None = None,
+    on_progress: Callable[[StepMetrics, int], None] | None = None,
+) -> TrainReport:
+    """Train (or resume training) into the checkpoint folder ``ckpt``; see the module docstring."""
+    options = options or TrainOptions()
+    config = config or preset_config(preset)
+    if options.steps < 1 or options.batch_size < 1 or options.save_every < 1 or options.log_every < 1:
+        raise ClapDataError("steps, batch size, save and log intervals must all be at least 1")
+    lr = options.learning_rate or DEFAULT_LEARNING_RATE.get(preset, DEFAULT_LEARNING_RATE["small"])
+    identity = _run_identity(roots, preset, config, options, lr)
+    ckpt = Path(ckpt)
+    device = pick_device(options.device)
+    started = time.perf_counter()
+    with exclusive_lock(ckpt / ".lock", ckpt):
+        saved = _resume(ckpt, identity, options)
+        pool = ChunkPool(list(roots), options.stats, options.holdout, held_out=False)
+        pool.require_samples()
+        torch.manual_seed(options.seed)
+        model = ActVAE(config).to(device)
+        optimizer = torch.optim.Adam(model.param_groups(lr))
+        rng = np.random.default_rng(options.seed)
+        step = 0
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            rng.bit_generator.state = saved["numpy_rng"]
+            torch.set_rng_state(saved["torch_rng"])
+            step = int(saved["step"])
+        resumed_from = step
+        if step >= options.steps:
+            meta = read_training_meta(ckpt)
+            return TrainReport(ckpt, meta.get("sha256", ""), step, resumed_from, True, len(pool), str(device), 0.0, None, 0)
+        model.train()
+        window: dict[str, list[float]] = {"loss": [], "mse": []}
+        hits = torch.zeros(config.codebook_size, dtype=torch.int64, device=device)
+        window_start = time.perf_counter()
+        last: StepMetrics | None = None
+        reseeded = 0
+        while step < options.steps:
+            batch = pool.sample(options.batch_size, rng).to(device)
+            out = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            optimizer.step()
+            step += 1
+            window["loss"].append(float(out["loss"].detach()))
+            window["mse"].append(float(out["recon_mse"].detach()))
+            hits += torch.bincount(out["indices"].reshape(-1), minlength=config.codebook_size)
+            if step % config.dead_code_check_every == 0:
+                latents = out["z_e"] if config.reseed_from == "latents" else None
+                reseeded += model.reseed_dead_codes(latents)
+            if step % options.log_every == 0 or step == options.steps:
+                elapsed = time.perf_counter() - window_start
+                last = StepMetrics(
+                    step=step,
+                    loss=float(np.mean(window["loss"])),
+                    recon_mse=float(np.mean(window["mse"])),
+                    code_usage=float((hits > 0).float().mean()),
+                    steps_per_second=len(window["loss"]) / elapsed if elapsed > 0 else 0.0,
+                )
+                if not np.isfinite(last.loss):
+                    raise ClapDataError(f"training diverged at step {step} (loss {last.loss}); lower --lr and rerun with --overwrite")
+                if on_progress:
+                    on_progress(last, options.steps)
+                window = {"loss": [], "mse": []}
+                hits.zero_()
+                window_start = time.perf_counter()
+            if step % options.save_every == 0 or step == options.steps:
+                _save_state(ckpt, model, optimizer, step, rng)
+                sha = save_weights(model, ckpt)
+                write_training_meta(ckpt, {
+                    "run": identity, "step": step, "sha256": sha, "train_chunks": len(pool),
+                    "last": last.__dict__ if last else None, "device": str(device),
+                    "stats_ids": {str(d.root): d.stats.stats_id for d in pool.datasets},
+                })
+    return TrainReport(ckpt, sha, step, resumed_from, False, len(pool), str(device), time.perf_counter() - started, last, reseeded)

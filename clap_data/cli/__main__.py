@@ -1,0 +1,3 @@
+from clap_data.cli import main
+
+main()
