@@ -12,6 +12,8 @@ complete even if the exported weights are one save behind.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -61,7 +63,8 @@ def load_act_vae(ckpt: Path, device: str = "cpu") -> tuple[ActVAE, str]:
     if missing:
         raise ClapDataError(f"{ckpt} is not an Act-VAE checkpoint: {', '.join(missing)} missing (train one with: clap-data train act-vae)")
     try:
-        model = ActVAE.from_pretrained(ckpt)
+        with contextlib.redirect_stdout(io.StringIO()):  # the hub mixin prints "Loading weights from local directory"
+            model = ActVAE.from_pretrained(ckpt)
     except (OSError, ValueError, RuntimeError, TypeError) as exc:
         raise ClapDataError(f"{ckpt} cannot be loaded as an Act-VAE checkpoint: {exc}") from None
     return model.to(device).eval(), checkpoint_sha256(ckpt)

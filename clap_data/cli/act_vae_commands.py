@@ -101,3 +101,175 @@ def train_act_vae(
         table.add_row("last", f"loss {report.last.loss:.5f}, reconstruction MSE {report.last.recon_mse:.5f}, codes used {report.last.code_usage:.0%}")
     table.add_row("checkpoint", f"{report.ckpt} (sha256 {report.sha256[:16]}…)")
     stdout.print(table)
+
+
+tokenize_app = typer.Typer(no_args_is_help=True, help="Add token columns to datasets.")
+app.add_typer(tokenize_app, name="tokenize")
+
+
+@tokenize_app.command("act-vae", no_args_is_help=True)
+@user_errors
+def tokenize_act_vae(
+    datasets: Annotated[list[Path], typer.Argument(help="Unified robot datasets to tokenize in place.")],
+    ckpt: Annotated[Path, typer.Option(help="An Act-VAE checkpoint folder (clap-data train act-vae).")],
+    stats: StatsOption = "openclap",
+    device: DeviceOption = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Chunks per model call.")] = 4096,
+    workers: Annotated[int | None, typer.Option(min=1, help="CPU workers (default: all CPUs).")] = None,
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local Ray.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> None:
+    """Add action_tokens (int16 [2·Nq] per frame: left arm's codes, then right's) and action_tokens_padded."""
+    from clap_data.pipelines.tokenize import TokenizeRequest, tokenize_dataset
+    from clap_data.progress import ConsoleReporter, SilentReporter
+
+    _check_stats(stats)
+    request = TokenizeRequest(ckpt=ckpt, stats=stats, device=device, batch_size=batch_size, workers=workers, address=address)
+    reports = []
+    for dataset in datasets:
+        report = tokenize_dataset(dataset, request, SilentReporter() if as_json else ConsoleReporter(stderr))
+        reports.append(report)
+        if as_json:
+            continue
+        sha = report.identity["checkpoint_sha256"][:16]
+        if report.unchanged:
+            stdout.print(f"{dataset}: already tokenized with checkpoint {sha}… and {report.identity['stats_id']}; nothing changed")
+            continue
+        what = f"replaced tokens of checkpoint {report.replaced['checkpoint_sha256'][:16]}…" if report.replaced else "added action_tokens"
+        resumed = f" ({report.resumed_files} file(s) resumed from an interrupted run)" if report.resumed_files else ""
+        stdout.print(
+            f"{dataset}: {what}: {report.frames:,} frames ({report.padded:,} padded chunks) in {report.seconds:.1f} s{resumed}; "
+            f"checkpoint {sha}…, Nq {report.identity['num_queries']}, K {report.identity['codebook_size']}, statistics {report.identity['stats_id']}"
+        )
+    if as_json:
+        print(json.dumps([r.__dict__ for r in reports]))
+
+
+@app.command("detokenize", no_args_is_help=True)
+@user_errors
+def detokenize(
+    dataset: Annotated[Path, typer.Argument(help="A dataset tokenized with clap-data tokenize act-vae.")],
+    ckpt: Annotated[Path, typer.Option(help="The Act-VAE checkpoint the tokens came from.")],
+    episode: Annotated[int, typer.Option(min=0, help="Episode index.")],
+    frame: Annotated[int, typer.Option(min=0, help="Frame whose chunk to decode (its state anchors the chunk).")],
+    tokens: Annotated[str | None, typer.Option(help="Decode these instead of the stored ones: <ACT_i> text (right arm first) or comma-separated codes (left arm's first).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: tokens, text, padded, state, action [32][14].")] = False,
+) -> None:
+    """Decode action tokens to the absolute executable chunk (denormalise, p = p0 + Δp, R = ΔR·R0)."""
+    import numpy as np
+
+    from clap_data.act_vae.checkpoint import load_act_vae
+    from clap_data.act_vae.decoding import decode_dataset_frame
+
+    model, sha256 = load_act_vae(ckpt)
+    decoded = decode_dataset_frame(dataset, model, sha256, episode, frame, tokens)
+    if as_json:
+        print(json.dumps(decoded.__dict__))
+        return
+    action = np.asarray(decoded.action)
+    stdout.print(f"episode {episode}, frame {frame}, padded: {decoded.padded}")
+    stdout.print(f"tokens    {decoded.tokens}")
+    stdout.print(f"text      {decoded.text}", highlight=False)
+    stdout.print(f"action[0] {np.array2string(action[0], precision=4, max_line_width=160)}")
+    stdout.print(f"action[31]{np.array2string(action[-1], precision=4, max_line_width=160)}")
+
+
+def _eval_split(ckpt: Path, stats: str | None, holdout: str | None, fraction: float | None):  # noqa: ANN202
+    """The checkpoint's own training split and statistics unless overridden: scoring on other
+    "held-out" chunks would silently include training data."""
+    from clap_data.act_vae.checkpoint import read_training_meta
+
+    run = read_training_meta(ckpt).get("run", {})
+    trained = run.get("holdout", {"mode": "episodes", "fraction": 0.1})
+    stats = stats or run.get("stats", "openclap")
+    _check_stats(stats)
+    return stats, _holdout(holdout or trained["mode"], trained["fraction"] if fraction is None else fraction)
+
+
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a tokenizer on held-out data.")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("act-vae", no_args_is_help=True)
+@user_errors
+def eval_act_vae(
+    datasets: Annotated[list[Path], typer.Argument(help="Unified robot datasets.")],
+    ckpt: Annotated[Path, typer.Option(help="An Act-VAE checkpoint folder.")],
+    stats: Annotated[str | None, typer.Option(help="openclap or dataset (default: what the checkpoint was trained with).")] = None,
+    holdout: Annotated[str | None, typer.Option(help="episodes or tail (default: the checkpoint's training split).")] = None,
+    holdout_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Default: the checkpoint's.")] = None,
+    device: DeviceOption = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Reconstruction on held-out chunks: per-DOF MSE in robot units, normalised MSE, PSNR, code usage, perplexity, dead codes."""
+    from clap_data.act_vae.evaluation import evaluate_act_vae
+
+    stats, split = _eval_split(ckpt, stats, holdout, holdout_fraction)
+    report = evaluate_act_vae(ckpt, datasets, stats=stats, holdout=split, device=device)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("checkpoint", f"{ckpt} (sha256 {report.sha256[:16]}…, Nq {report.num_queries}, K {report.codebook_size})")
+    table.add_row("held out", f"{report.chunks:,} one-arm chunks ({split.mode}, {split.fraction:.0%}), statistics {stats}")
+    table.add_row("normalised", f"MSE {report.normalised_mse:.6f}, PSNR {report.psnr_db:.2f} dB")
+    table.add_row("codes", f"{report.code_usage:.0%} used, perplexity {report.perplexity:.1f}, {report.dead_codes} dead")
+    stdout.print(table)
+    dofs = Table(title="per-DOF MSE (metres, radians; grippers as stored)", title_justify="left", show_edge=False)
+    for column in ("arm", "x", "y", "z", "roll", "pitch", "yaw", "gripper"):
+        dofs.add_column(column, justify="right")
+    for arm in ("left", "right"):
+        values = [report.per_dof_mse[f"{arm}_{dof}"] for dof in ("x", "y", "z", "roll", "pitch", "yaw", "gripper")]
+        dofs.add_row(arm, *("—" if v is None else f"{v:.3e}" for v in values))
+    stdout.print(dofs)
+
+
+sweep_app = typer.Typer(no_args_is_help=True, help="Rate–distortion sweeps (the paper's Table V).")
+app.add_typer(sweep_app, name="sweep")
+
+
+def _int_list(value: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a comma-separated list of integers", param_hint=option) from None
+
+
+@sweep_app.command("act-vae", no_args_is_help=True)
+@user_errors
+def sweep_act_vae(
+    datasets: Annotated[list[Path], typer.Argument(help="Unified robot datasets.")],
+    out: Annotated[Path, typer.Option(help="Folder for one checkpoint per point and sweep.{csv,json,md,png}; rerunning resumes.")],
+    nq: Annotated[str, typer.Option(help="Comma-separated Nq (codes per arm).")] = "4,8,16",
+    k: Annotated[str, typer.Option(help="Comma-separated codebook sizes K.")] = "128,256,512",
+    steps: Annotated[int, typer.Option(min=1, help="Training steps per point.")] = 2000,
+    preset: Annotated[str, typer.Option(help="Model size of every point: small or release.")] = "small",
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch (one-arm chunks).")] = 128,
+    stats: StatsOption = "openclap",
+    holdout: HoldoutOption = "episodes",
+    holdout_fraction: HoldoutFractionOption = 0.1,
+    device: DeviceOption = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of every point.")] = 0,
+) -> None:
+    """Train and evaluate the Act-VAE over a (Nq, K) grid: MSE, PSNR and rate r per point, as a table and a plot."""
+    from clap_data.act_vae.sweep import run_sweep, sweep_markdown
+
+    _check_stats(stats)
+    with Progress(
+        TextColumn("[bold]{task.fields[point]}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
+        TimeElapsedColumn(), console=stderr,
+    ) as progress:
+        task = progress.add_task("sweep", total=steps, point="", metrics="")
+
+        def show(point, metrics, total: int) -> None:  # noqa: ANN001
+            progress.update(task, completed=metrics.step, total=total, point=f"Nq {point.num_queries}, K {point.codebook_size}",
+                            metrics=f"mse {metrics.recon_mse:.4f}  codes used {metrics.code_usage:.0%}")
+
+        rows = run_sweep(
+            datasets, out, _int_list(nq, "--nq"), _int_list(k, "--k"), steps, preset=preset, stats=stats,
+            holdout=_holdout(holdout, holdout_fraction), batch_size=batch_size, device=device, seed=seed, on_progress=show,
+        )
+    stdout.print(sweep_markdown(rows), highlight=False)
+    stdout.print(f"table and plot: {out}/sweep.md, sweep.csv, sweep.json, sweep.png")

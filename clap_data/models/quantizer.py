@@ -14,6 +14,7 @@ Conventions
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -112,15 +113,20 @@ class VectorQuantizer(nn.Module):
         return float((self.usage > 0).float().mean())
 
 
-def perplexity(indices: torch.Tensor, num_codes: int) -> float:
-    """``exp(H)`` of the empirical code distribution of ``indices``; uniform usage of K codes gives K."""
-    counts = torch.bincount(indices.reshape(-1).long(), minlength=num_codes).double()
+def perplexity_from_counts(counts: torch.Tensor | np.ndarray) -> float:
+    """``exp(H)`` of a code histogram ``[K]``; uniform usage of K codes gives K. Counting lets a
+    whole corpus be scored without holding its indices."""
+    counts = torch.as_tensor(counts).double()
     total = counts.sum()
     if total == 0:
         return 0.0
-    p = counts / total
-    p = p[p > 0]
+    p = counts[counts > 0] / total
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+def perplexity(indices: torch.Tensor, num_codes: int) -> float:
+    """``exp(H)`` of the empirical code distribution of ``indices``."""
+    return perplexity_from_counts(torch.bincount(indices.reshape(-1).long(), minlength=num_codes))
 
 
 def code_usage(indices: torch.Tensor, num_codes: int) -> float:
