@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Astribot sample (or a factory-made stand-in) and a local Ray."""
+"""Shared fixtures: the real Astribot sample (or a factory-made stand-in), a local Ray, unified
+datasets and a tiny Act-VAE checkpoint (session-wide and read only: tests that change one copy it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["COLUMNS"] = "200"  # rich reads it when the CLI consoles are created: no wrapping in asserted output
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="clap-hf-cache-"))
 
+from clap_data.act_vae.chunk_pool import Holdout  # noqa: E402
+from clap_data.act_vae.training import TrainOptions, train_act_vae  # noqa: E402
 from clap_data.factories.astribot import write_astribot_dataset  # noqa: E402
+from clap_data.factories.droid_rlds import write_droid_rlds_dataset  # noqa: E402
+from clap_data.models import ActVAEConfig  # noqa: E402
+from clap_data.pipelines.ingest import IngestRequest, ingest  # noqa: E402
+from clap_data.sources.astribot import AstribotSource  # noqa: E402
+from clap_data.sources.droid_rlds import DroidRldsSource  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_ASTRIBOT = SHARED / "fixtures" / "astribot_s1_dummy"
@@ -46,3 +54,35 @@ def real_astribot(tmp_path_factory) -> Path:
 def astribot_src(tmp_path_factory) -> Path:
     """A clean factory dataset: three episodes of different lengths, all cameras."""
     return write_astribot_dataset(tmp_path_factory.mktemp("astribot") / "src", episode_lengths=(40, 52, 45), video_size=(64, 48))
+
+
+HOLDOUT = Holdout("tail", 0.25)
+TINY = ActVAEConfig(
+    num_queries=4, codebook_size=16, code_dim=8, width=32, encoder_layers=1, decoder_layers=1, heads=4,
+    dead_code_check_every=10, reseed_from="latents",
+)
+
+
+@pytest.fixture(scope="session")
+def unified_astribot(astribot_src, tmp_path_factory, ray_local) -> Path:
+    """The factory Astribot source (episodes of 40, 52 and 45 frames, both arms) ingested. Read only."""
+    out = tmp_path_factory.mktemp("unified") / "astribot"
+    ingest(AstribotSource(astribot_src), IngestRequest(out=out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def unified_droid(tmp_path_factory, ray_local) -> Path:
+    """A single-arm (right slot) dataset: DROID RLDS episodes of 20, 14, 17 and 12 frames. Read only."""
+    src = write_droid_rlds_dataset(tmp_path_factory.mktemp("droid") / "src")
+    out = tmp_path_factory.mktemp("unified") / "droid"
+    ingest(DroidRldsSource(src), IngestRequest(out=out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(unified_astribot, tmp_path_factory) -> Path:
+    """A tiny Act-VAE (Nq 4 per arm, K 16) trained just enough to use most of its codes. Read only."""
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    train_act_vae([unified_astribot], out, config=TINY, options=TrainOptions(steps=40, batch_size=32, holdout=HOLDOUT, device="cpu"))
+    return out

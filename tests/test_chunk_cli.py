@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
 from clap_data.cli import app
 from clap_data.pipelines.ingest import IngestRequest, ingest
 from clap_data.reference import openclap_stats_table
 from clap_data.sources.astribot import AstribotSource
-from tests.reference import reference_canonical
+from tests.reference import reference_canonical, reference_chunk
 
 runner = CliRunner()
 POSE = [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]
@@ -26,28 +25,6 @@ def dataset(real_astribot, tmp_path_factory, ray_local) -> Path:
     out = tmp_path_factory.mktemp("chunk") / "astribot"
     ingest(AstribotSource(real_astribot), IngestRequest(out=out))
     return out
-
-
-def reference_chunk(state: np.ndarray, action: np.ndarray, t: int, q: dict) -> tuple[np.ndarray, np.ndarray, bool]:
-    """METHOD.md §2 by hand: relative to the state at t, tail repeated, q01/q99 on pose dims."""
-    rows = []
-    for k in range(32):
-        command = action[min(t + k, len(action) - 1)]
-        row = command.copy()
-        for arm in (0, 7):
-            row[arm : arm + 3] = command[arm : arm + 3] - state[t, arm : arm + 3]
-            delta = Rotation.from_euler("xyz", command[arm + 3 : arm + 6]) * Rotation.from_euler("xyz", state[t, arm + 3 : arm + 6]).inv()
-            row[arm + 3 : arm + 6] = delta.as_euler("xyz")
-        rows.append(row)
-    chunk = np.array(rows)
-
-    def scale(x, lo, hi):
-        x = x.copy()
-        lo, hi = np.asarray(lo), np.asarray(hi)
-        x[..., POSE] = (x[..., POSE] - lo[POSE]) / (hi[POSE] - lo[POSE]) * 2 - 1
-        return x
-
-    return scale(chunk, q["action"]["q01"], q["action"]["q99"]), scale(state[t], q["state"]["q01"], q["state"]["q99"]), t + 32 > len(action)
 
 
 @pytest.mark.parametrize("frame", [0, 100, 230])

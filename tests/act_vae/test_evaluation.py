@@ -14,34 +14,25 @@ import torch
 from clap_data.act_vae.checkpoint import load_act_vae
 from clap_data.act_vae.chunk_pool import ChunkPool, Holdout
 from clap_data.act_vae.evaluation import ErrorTotals, evaluate_act_vae, psnr_db
-from clap_data.act_vae.training import TrainOptions, train_act_vae
 from clap_data.actions import NormStats
 from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3.reader import iter_episode_arrays
-from clap_data.models import ActVAEConfig, checkpoint_sha256, code_usage, perplexity
-from clap_data.pipelines.ingest import IngestRequest, ingest
+from clap_data.models import checkpoint_sha256, code_usage, perplexity
 from clap_data.reference import openclap_stats_table
 from clap_data.schemas import POSE14_NAMES
-from clap_data.sources.astribot import AstribotSource
+from tests.conftest import HOLDOUT
 
-HOLDOUT = Holdout("tail", 0.25)
-TINY = ActVAEConfig(num_queries=4, codebook_size=16, code_dim=8, width=32, encoder_layers=1, decoder_layers=1, heads=4)
 POSE = [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]
 
 
-@pytest.fixture(scope="module")
-def dataset(astribot_src, tmp_path_factory, ray_local) -> Path:
-    """The factory Astribot source (episodes of 40, 52 and 45 frames, both arms) ingested."""
-    out = tmp_path_factory.mktemp("eval") / "astribot"
-    ingest(AstribotSource(astribot_src), IngestRequest(out=out))
-    return out
+@pytest.fixture
+def dataset(unified_astribot) -> Path:
+    return unified_astribot
 
 
-@pytest.fixture(scope="module")
-def ckpt(dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("eval_ckpt") / "tiny"
-    train_act_vae([dataset], out, config=TINY, options=TrainOptions(steps=5, batch_size=16, holdout=HOLDOUT, device="cpu"))
-    return out
+@pytest.fixture
+def ckpt(tiny_ckpt) -> Path:
+    return tiny_ckpt
 
 
 def held_out_reconstructions(ckpt: Path, dataset: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:

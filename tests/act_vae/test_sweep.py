@@ -9,28 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from clap_data.act_vae.chunk_pool import Holdout
 from clap_data.act_vae.evaluation import evaluate_act_vae
 from clap_data.act_vae.sweep import SweepRow, rate, run_sweep
 from clap_data.errors import ClapDataError
-from clap_data.pipelines.ingest import IngestRequest, ingest
-from clap_data.sources.astribot import AstribotSource
+from tests.conftest import HOLDOUT
 
-HOLDOUT = Holdout("tail", 0.25)
 SWEEP = {"num_queries": [4, 2], "codebook_sizes": [8], "steps": 3, "holdout": HOLDOUT, "batch_size": 16, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
-def dataset(astribot_src, tmp_path_factory, ray_local) -> Path:
-    out = tmp_path_factory.mktemp("sweep") / "astribot"
-    ingest(AstribotSource(astribot_src), IngestRequest(out=out))
-    return out
-
-
-@pytest.fixture(scope="module")
-def sweep(dataset, tmp_path_factory) -> tuple[Path, list[SweepRow]]:
+def sweep(unified_astribot, tmp_path_factory) -> tuple[Path, list[SweepRow]]:
     out = tmp_path_factory.mktemp("sweep_out")
-    return out, run_sweep([dataset], out, **SWEEP)
+    return out, run_sweep([unified_astribot], out, **SWEEP)
 
 
 def test_rate_of_the_papers_chosen_point():
@@ -43,12 +33,12 @@ def test_rate_of_the_papers_chosen_point():
         rate(8, 512, -1.0)
 
 
-def test_rows_are_sorted_and_match_their_checkpoints(sweep, dataset):
+def test_rows_are_sorted_and_match_their_checkpoints(sweep, unified_astribot):
     out, rows = sweep
     assert [(r.num_queries, r.codebook_size) for r in rows] == [(2, 8), (4, 8)]
     for row in rows:
         assert Path(row.ckpt) == out / f"nq{row.num_queries}_k{row.codebook_size}"
-        report = evaluate_act_vae(Path(row.ckpt), [dataset], holdout=HOLDOUT, device="cpu")
+        report = evaluate_act_vae(Path(row.ckpt), [unified_astribot], holdout=HOLDOUT, device="cpu")
         assert report.num_queries == row.num_queries and report.codebook_size == row.codebook_size
         assert row.mse == report.normalised_mse
         assert row.psnr_db == pytest.approx(20 * math.log10(2 / math.sqrt(row.mse)))
@@ -78,25 +68,25 @@ def test_files_agree(sweep):
     assert not list(out.glob(".*.tmp-*"))
 
 
-def test_rerun_reuses_the_checkpoints(sweep, dataset):
+def test_rerun_reuses_the_checkpoints(sweep, unified_astribot):
     out, rows = sweep
     weights = [p for p in out.glob("nq*_k*/*") if not p.name.startswith(".")]  # not the lock file
     assert len(weights) == 2 * 4  # model.safetensors, config.json, training.json, training_state.pt
     before = {p: p.stat().st_mtime_ns for p in weights}
     progress = []
-    again = run_sweep([dataset], out, **SWEEP, on_progress=lambda *args: progress.append(args))
+    again = run_sweep([unified_astribot], out, **SWEEP, on_progress=lambda *args: progress.append(args))
     assert again == rows
     assert {p: p.stat().st_mtime_ns for p in weights} == before
     assert progress == []  # nothing was trained
 
 
-def test_bad_inputs_fail_before_training(dataset, tmp_path):
+def test_bad_inputs_fail_before_training(unified_astribot, tmp_path):
     with pytest.raises(ClapDataError, match="at least one Nq"):
-        run_sweep([dataset], tmp_path, [], [8], steps=3)
+        run_sweep([unified_astribot], tmp_path, [], [8], steps=3)
     with pytest.raises(ClapDataError, match="unknown preset"):
-        run_sweep([dataset], tmp_path, [2], [8], steps=3, preset="huge")
+        run_sweep([unified_astribot], tmp_path, [2], [8], steps=3, preset="huge")
     with pytest.raises(ClapDataError, match="invalid Act-VAE settings"):
-        run_sweep([dataset], tmp_path, [0], [8], steps=3)
+        run_sweep([unified_astribot], tmp_path, [0], [8], steps=3)
     with pytest.raises(ClapDataError, match="steps"):
-        run_sweep([dataset], tmp_path, [2], [8], steps=0)
+        run_sweep([unified_astribot], tmp_path, [2], [8], steps=0)
     assert list(tmp_path.iterdir()) == []
