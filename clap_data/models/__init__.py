@@ -1,10 +1,6 @@
 """Neural tokenizers of the CLAP pipeline: the Act-VAE (stage 1) and its vector quantiser.
 
-Status (work in progress, issue #4): the modules, checkpoints (safetensors + config.json, sha256
-identity) and token layouts are in place and tested, but the Act-VAE does not learn yet — even with
-the quantiser bypassed, the small preset stays at the data's variance (it predicts the mean), so
-something in the architecture or its initialisation is wrong. There is no training or tokenizing
-command until that is fixed.
+Training, tokenizing, decoding and evaluation built on these modules live in ``clap_data.act_vae``.
 """
 
 from clap_data.models.act_vae import (
