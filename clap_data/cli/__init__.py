@@ -3,7 +3,8 @@
 One module per family of commands; importing them registers their commands on the shared app.
 """
 
-from clap_data.cli import act_vae_commands, dataset_commands  # noqa: F401  (register the commands)
+from clap_data.cli import dataset_commands  # noqa: F401, I001  (registers ingest, info, normstats, chunk first)
+from clap_data.cli import act_vae_commands  # noqa: F401  (registers train, tokenize, detokenize, eval, sweep)
 from clap_data.cli.common import app
 
 __all__ = ["app", "main"]

@@ -14,8 +14,19 @@ from rich.table import Table
 
 from clap_data.cli.common import app, stderr, stdout, user_errors
 
-train_app = typer.Typer(no_args_is_help=True, help="Train a tokenizer.")
-app.add_typer(train_app, name="train")
+
+
+def _verb(name: str, help_text: str) -> typer.Typer:
+    """A verb whose sub-command names the tokenizer (``train act-vae``, later ``train vd-vae``)."""
+    group = typer.Typer(no_args_is_help=True, help=help_text)
+    app.add_typer(group, name=name)
+    return group
+
+
+train_app = _verb("train", "Train a tokenizer.")
+tokenize_app = _verb("tokenize", "Add token columns to datasets.")
+eval_app = _verb("eval", "Evaluate a tokenizer on held-out data.")
+sweep_app = _verb("sweep", "Rate–distortion sweeps (the paper's Table V).")
 
 StatsOption = Annotated[str, typer.Option(help="Normalisation statistics: openclap (the released table) or dataset (clap-data normstats).")]
 HoldoutOption = Annotated[str, typer.Option(help="Held-out split: episodes (a hash of the episode index) or tail (the end of every episode).")]
@@ -103,10 +114,6 @@ def train_act_vae(
     stdout.print(table)
 
 
-tokenize_app = typer.Typer(no_args_is_help=True, help="Add token columns to datasets.")
-app.add_typer(tokenize_app, name="tokenize")
-
-
 @tokenize_app.command("act-vae", no_args_is_help=True)
 @user_errors
 def tokenize_act_vae(
@@ -186,10 +193,6 @@ def _eval_split(ckpt: Path, stats: str | None, holdout: str | None, fraction: fl
     return stats, _holdout(holdout or trained["mode"], trained["fraction"] if fraction is None else fraction)
 
 
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a tokenizer on held-out data.")
-app.add_typer(eval_app, name="eval")
-
-
 @eval_app.command("act-vae", no_args_is_help=True)
 @user_errors
 def eval_act_vae(
@@ -224,10 +227,6 @@ def eval_act_vae(
         values = [report.per_dof_mse[f"{arm}_{dof}"] for dof in ("x", "y", "z", "roll", "pitch", "yaw", "gripper")]
         dofs.add_row(arm, *("—" if v is None else f"{v:.3e}" for v in values))
     stdout.print(dofs)
-
-
-sweep_app = typer.Typer(no_args_is_help=True, help="Rate–distortion sweeps (the paper's Table V).")
-app.add_typer(sweep_app, name="sweep")
 
 
 def _int_list(value: str, option: str) -> list[int]:
