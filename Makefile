@@ -46,6 +46,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/ingest_sources.py
+	$(PY) bench/tokenize_act_vae.py --frames 20000 --episodes 40
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) bench/out

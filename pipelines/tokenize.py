@@ -42,6 +42,8 @@ from clap_data.schemas import ARM_MASK_NAMES, read_clap_meta
 
 TOKENS_COLUMN = "action_tokens"
 PADDED_COLUMN = "action_tokens_padded"
+_CORES_PER_CPU_ACTOR = 4
+_CHUNK_TASK_CPUS = 0.25
 _ARRAY_COLUMNS = ["episode_index", "frame_index", "observation.state", "action", "arm_mask"]
 
 
@@ -123,13 +125,13 @@ def _build_chunks(batch: dict[str, np.ndarray], root: str, stats: Any) -> dict[s
 class _ActVAETokenizer:
     """Ray actor: loads the checkpoint once, then encodes batch after batch of dual-arm chunks."""
 
-    def __init__(self, ckpt: str, device: str) -> None:
+    def __init__(self, ckpt: str, device: str, threads: int) -> None:
         import torch
 
         from clap_data.act_vae.checkpoint import load_act_vae
 
         if device == "cpu":
-            torch.set_num_threads(1)  # one actor per CPU: threads would only fight each other
+            torch.set_num_threads(threads)  # the actor's share of the cores, no more
         self.torch = torch
         self.device = device
         self.model, _ = load_act_vae(Path(ckpt), device)
@@ -140,25 +142,34 @@ class _ActVAETokenizer:
         return {"file": batch["file"], "group": batch["group"], "row": batch["row"], "tokens": tokens, "padded": batch["padded"]}
 
 
+def actor_pool_shape(cpus: int, gpus: int, workers: int | None) -> tuple[int, float, int]:
+    """``(actors, CPUs per actor, torch threads per actor)`` of the model pool.
+
+    The actors hold their CPUs for the whole run, yet chunk building (about 5 % of the model's
+    cost) must still get CPU time: its tasks ask for a quarter of a CPU each. With GPUs: one actor
+    per GPU. On CPU: one actor per 4 cores, each running torch on its share of the cores (large
+    batches use intra-op threads well; many single-thread actors would each hold a model copy).
+    """
+    if gpus:
+        return gpus, 0.0, 1
+    pool = max(1, min(workers or cpus, -(-cpus // _CORES_PER_CPU_ACTOR)))
+    actor_cpus = (cpus - _CHUNK_TASK_CPUS) / pool
+    return pool, actor_cpus, max(1, round(actor_cpus))
+
+
 def _encode_on_ray(root: Path, files: list[str], stats: Any, request: TokenizeRequest, device: str) -> Iterator[dict[str, np.ndarray]]:
     import ray
 
     items = [{"file": f, "group": g} for f in files for g in range(pq.ParquetFile(root / f).num_row_groups)]
     gpus = int(ray.available_resources().get("GPU", 0)) if device.startswith("cuda") else 0
     cpus = max(1, int(ray.available_resources().get("CPU", 1)))
-    # The model actors hold their CPUs for the whole run; chunk building must still get CPU time,
-    # so on CPU one core (or a quarter of a lone core) is left to it.
-    if gpus:
-        pool, actor_cpus = gpus, 0.0
-    else:
-        pool = max(1, min(request.workers or cpus, cpus - 1)) if cpus > 1 else 1
-        actor_cpus = 1.0 if cpus > 1 else 0.75
+    pool, actor_cpus, threads = actor_pool_shape(cpus, gpus, request.workers)
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * cpus)))
-    chunks = dataset.map_batches(_build_chunks, fn_kwargs={"root": str(root), "stats": stats}, batch_size=1, num_cpus=0.25)
+    chunks = dataset.map_batches(_build_chunks, fn_kwargs={"root": str(root), "stats": stats}, batch_size=1, num_cpus=_CHUNK_TASK_CPUS)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")  # see pipelines/ingest.py
         tokens = chunks.map_batches(
-            _ActVAETokenizer, fn_constructor_kwargs={"ckpt": str(request.ckpt), "device": device},
+            _ActVAETokenizer, fn_constructor_kwargs={"ckpt": str(request.ckpt), "device": device, "threads": threads},
             batch_size=request.batch_size, concurrency=pool, num_gpus=1 if gpus else 0, num_cpus=actor_cpus,
             max_restarts=0,
         )

@@ -14,65 +14,41 @@ and their ratio (the pipeline's efficiency), checks that both produced the same 
 a section per configuration (device and preset included) into ``bench/RESULTS.md``. Reuses the
 measuring helpers of ``bench/ingest.py``. Never run by ``make test``.
 
-    python bench/tokenize.py [--frames 40000] [--episodes 40] [--preset small] [--batch-size 4096]
+    python bench/tokenize_act_vae.py [--frames 40000] [--episodes 40] [--preset small] [--batch-size 4096]
                              [--workers 2] [--device auto] [--baseline-threads N] [--out bench/out]
 
-This file shares its name with the standard library's ``tokenize``, which ``inspect`` and
-``linecache`` import. A script run from ``bench/`` (``bench/ingest.py``, ``bench/ingest_sources.py``)
-has ``bench/`` first on ``sys.path``, so its ``import tokenize`` finds this file: the block below
-then hands the standard module over in its place, and everything after it only defines names (all
-imports of the benchmark happen in the ``else`` branch), so being imported that way costs nothing.
+Named ``tokenize_act_vae.py``, not ``tokenize.py``: a file called ``tokenize.py`` in ``bench/`` would
+shadow the standard library's ``tokenize`` for every script run from here.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
 import os
+import shlex
+import shutil
+import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
-if __name__ == "tokenize":  # imported in place of the standard library's tokenize: substitute it
-    import importlib.util
+import numpy as np
+import pyarrow.parquet as pq
 
-    _spec = importlib.util.spec_from_file_location("tokenize", os.path.join(os.path.dirname(os.__file__), "tokenize.py"))
-    _standard = importlib.util.module_from_spec(_spec)
-    sys.modules["tokenize"] = _standard  # what `import tokenize` returns once this file has run
-    _spec.loader.exec_module(_standard)
-else:
-    _BENCH = os.path.dirname(os.path.realpath(__file__))
-    # Take bench/ off sys.path, so that nothing in this process (nor in Ray's workers, which get the
-    # driver's script directory when it is on sys.path) imports this file as the standard tokenize;
-    # bench/ingest.py is then loaded by its path rather than with `from ingest import`.
-    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _BENCH]
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # as clap_data.ray_runtime sets it, before Ray is imported
+os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # as clap_data.ray_runtime sets it, before Ray is imported
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ingest as ingest_bench  # noqa: E402  the Astribot benchmark's measuring helpers (Monitor, update_results, …)
 
-    import argparse
-    import datetime
-    import importlib.util
-    import json
-    import shlex
-    import shutil
-    import subprocess
-    import time
-    from pathlib import Path
-    from typing import Any
+from clap_data.lerobot_v3.column_update import data_files  # noqa: E402
+from clap_data.pipelines.tokenize import TOKENS_COLUMN, TokenizeRequest, actor_pool_shape, tokenize_dataset  # noqa: E402
 
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    def _load_bench_ingest() -> Any:
-        """bench/ingest.py as the module ``ingest``, the one ingest_sources.py imports its helpers from."""
-        spec = importlib.util.spec_from_file_location("ingest", os.path.join(_BENCH, "ingest.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["ingest"] = module
-        spec.loader.exec_module(module)
-        return module
-
-    ingest_bench = _load_bench_ingest()  # Monitor, machine_description, update_results, MIB, SAMPLE_SECONDS
-
-    from clap_data.lerobot_v3.column_update import data_files
-    from clap_data.pipelines.tokenize import TOKENS_COLUMN, TokenizeRequest, tokenize_dataset
+_BENCH = str(Path(__file__).resolve().parent)
 
 
-SCRIPT = "bench/tokenize.py"
+SCRIPT = "bench/tokenize_act_vae.py"
 STATS = "openclap"  # the pipeline's default statistics, used by both sides
 CAMERA_SIZE = (32, 32)  # one small camera: only the actions matter here
 CPU_WARMUP_CHUNKS = 256  # a full batch on CPU takes seconds; one-time set-up needs only a call
@@ -151,17 +127,17 @@ def dataset_chunks(root: Path, stats: Any) -> np.ndarray:
     out = []
     for relative in data_files(root):
         table = pq.read_table(root / relative, columns=["episode_index", "frame_index", "observation.state", "action", "arm_mask"])
-        episodes = table.column("episode_index").to_numpy()
+        episodes, frames = table.column("episode_index").to_numpy(), table.column("frame_index").to_numpy()
+        state, action, arm_mask = (
+            np.asarray(table.column(name).combine_chunks().flatten(), dtype=np.float64).reshape(table.num_rows, -1)
+            for name in ("observation.state", "action", "arm_mask")
+        )
         chunks = np.empty((table.num_rows, 32, 14), np.float32)
-
-        def matrix(name: str, rows: np.ndarray) -> np.ndarray:
-            return np.asarray(table.column(name).combine_chunks().flatten(), dtype=np.float64).reshape(table.num_rows, -1)[rows]
-
         for episode in np.unique(episodes):
             rows = np.flatnonzero(episodes == episode)
-            rows = rows[np.argsort(table.column("frame_index").to_numpy()[rows], kind="stable")]
-            relative_chunks, _ = episode_chunks(matrix("observation.state", rows), matrix("action", rows))
-            chunks[rows] = model_chunks(relative_chunks, matrix("arm_mask", rows), stats)
+            rows = rows[np.argsort(frames[rows], kind="stable")]
+            relative_chunks, _ = episode_chunks(state[rows], action[rows])
+            chunks[rows] = model_chunks(relative_chunks, arm_mask[rows], stats)
         out.append(chunks)
     return np.concatenate(out)
 
@@ -349,14 +325,11 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def model_actors(args: argparse.Namespace) -> str:
-    """The actor pool the pipeline runs with Ray started on ``--workers`` CPUs, as
-    ``pipelines/tokenize.py:_encode_on_ray`` sizes it (one per GPU; on CPU one core is left to chunk
-    building and each actor runs 1 torch thread). Keep in step with it."""
+    """The actor pool the pipeline runs with Ray started on ``--workers`` CPUs."""
     if args.device_key.startswith("cuda"):
         return "1 per GPU"
-    cpus = args.workers
-    pool = max(1, min(args.workers, cpus - 1)) if cpus > 1 else 1
-    return f"{pool} × 1 thread"
+    pool, _, threads = actor_pool_shape(args.workers, 0, args.workers)
+    return f"{pool} × {threads} thread(s)"
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -404,6 +377,9 @@ def phases_table(b: dict[str, Any], p: dict[str, Any]) -> str:
         "|" + "---:|" * 6,
         f"| {b['build_seconds']:.2f} | {b['load_seconds']:.2f} | {b['warmup_seconds']:.2f} | {b['forward_seconds']:.2f} "
         f"({b['batches']} calls) | {b['cpu_seconds']:.1f} | {b['other_cores']:.2f} |",
+        "",
+        f"Model throughput: the pipeline's model calls {p['chunks_encoded'] / p['model_calls_seconds']:,.0f} chunks per second "
+        f"of call time (actors: {p['model_actors']}), the bare forward {b['chunks'] / b['forward_seconds']:,.0f} chunks/s.",
     ]
     return "\n".join(lines)
 
@@ -431,8 +407,8 @@ def results_section(args: argparse.Namespace, command: str, machine: dict[str, s
                     b: dict[str, Any], p: dict[str, Any], agree: dict[str, float]) -> str:
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     machine_lines = "\n".join(f"- {name}: {value}" for name, value in {**machine, "torch": prepared["torch"]}.items())
-    threads = (f"torch threads = {b['threads']} (= `--baseline-threads`, by default `--workers`, for a fair share of the "
-               f"cores; the pipeline's CPU actors run 1 thread each)") if b["threads"] else f"on {b['gpu']}"
+    threads = (f"torch threads = {b['threads']}: `--baseline-threads`, by default `--workers`, for a fair share of the "
+               f"cores; the pipeline's model actors: {model_actors(args)}") if b["threads"] else f"{b['gpu']}"
     return (
         f"## Act-VAE tokenize vs bare forward: {config_key(args)} ({date})\n\n"
         f"Written by `{SCRIPT}` (see `bench/README.md`). **Bare forward** = `ActVAE.tokenize_dual` in one process on "
@@ -458,7 +434,7 @@ def results_section(args: argparse.Namespace, command: str, machine: dict[str, s
         f"on 2 cores the timings are disturbed). GPU memory of the pipeline's actor is not measured.\n\n"
         f"Command: `{command}`\n\n{machine_lines}\n\n"
         f"- dataset: {args.episodes} Astribot S1 episodes × {args.episode_frames} frames ({args.total_frames:,} frames), "
-        f"1 camera {CAMERA_SIZE[0]}x{CAMERA_SIZE[1]}, ingested to LeRobot v3.0 ({p['files']} data file(s), "
+        f"1 camera {CAMERA_SIZE[0]}x{CAMERA_SIZE[1]}, ingested to LeRobot v3.0 (data files: {p['files']}, "
         f"{p['row_groups']} row groups)\n- checkpoint: {prepared['checkpoint']}\n\n"
         f"{throughput_table(b, p, args)}\n\nWhere the time goes (pipeline, then bare forward):\n\n{phases_table(b, p)}\n\n"
         f"Peak memory:\n\n{memory_table(b, p)}\n\n"
