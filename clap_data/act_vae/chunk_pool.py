@@ -1,9 +1,11 @@
 """One-arm training and evaluation chunks drawn from unified robot datasets (METHOD.md §2–3).
 
 The Act-VAE sees one arm's normalised chunk ``[32, 7]`` at a time. A pool keeps the frame arrays of
-every given dataset in memory as float32 (state, action, arm mask: 120 bytes per frame, so about
+the given datasets in memory as float32 (state, action, arm mask: 120 bytes per frame, so about
 1.2 GB per 10 M frames) and builds chunks on demand, batch by batch: the 32× larger chunk tensor is
-never materialised. Datasets of different embodiments mix, each normalised with its own
+never materialised. Memory is capped by ``max_frames``: when the datasets hold more, a
+deterministic random subset of whole episodes (by a hash of dataset and episode) is kept, and the
+pool says so in ``notice``. Datasets of different embodiments mix, each normalised with its own
 statistics; single-arm data contributes only its active arm (a sample is a ``(frame, arm)`` pair
 whose arm is active at that frame).
 
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from numpy.typing import NDArray
 
@@ -32,7 +36,47 @@ from clap_data.lerobot_v3.reader import iter_episode_arrays
 from clap_data.norm_stats import load_norm_stats
 
 HOLDOUT_MODES = ("episodes", "tail")
+DEFAULT_MAX_FRAMES = 20_000_000  # ~2.4 GB of frame arrays
 ARM_DIMS = (slice(0, 7), slice(7, 14))
+
+
+def _unit_hash(text: str) -> float:
+    """A stable pseudo-random number in [0, 1) for ``text`` (same on every machine and run)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+def _episode_lengths(root: Path) -> dict[int, int]:
+    """Episode index → frames, from the episodes metadata only."""
+    try:
+        table = pq.ParquetDataset(Path(root) / "meta/episodes").read(columns=["episode_index", "length"])
+    except (OSError, pa.ArrowException) as exc:
+        raise ClapDataError(f"{root}: the episodes metadata cannot be read ({exc})") from None
+    return dict(zip(table.column("episode_index").to_pylist(), table.column("length").to_pylist(), strict=True))
+
+
+def select_episodes(roots: list[Path], max_frames: int) -> tuple[list[set[int] | None], str]:
+    """Per dataset, the episodes to load (None = all) so that at most ``max_frames`` frames are held,
+    and a notice when some were left out. Episodes are taken in the order of a hash of (dataset,
+    episode), so the subset is random but the same on every run."""
+    lengths = [_episode_lengths(root) for root in roots]
+    total = sum(sum(ep.values()) for ep in lengths)
+    if total <= max_frames:
+        return [None] * len(roots), ""
+    order = sorted(
+        ((_unit_hash(f"clap-subset:{Path(root).name}:{e}"), i, e, n) for i, (root, ep) in enumerate(zip(roots, lengths, strict=True)) for e, n in ep.items())
+    )
+    chosen: list[set[int]] = [set() for _ in roots]
+    held = 0
+    for _, i, episode, frames in order:
+        if held + frames <= max_frames:
+            chosen[i].add(episode)
+            held += frames
+    episodes = sum(len(c) for c in chosen)
+    notice = (
+        f"the datasets hold {total:,} frames, more than --max-frames {max_frames:,}: using a fixed random subset of "
+        f"{episodes:,} of {sum(len(ep) for ep in lengths):,} episodes ({held:,} frames)"
+    )
+    return list(chosen), notice
 
 
 @dataclass(frozen=True)
@@ -49,8 +93,7 @@ class Holdout:
             raise ClapDataError(f"holdout fraction must lie in [0, 1), got {self.fraction}")
 
     def episode_held_out(self, episode_index: int) -> bool:
-        digest = hashlib.sha256(f"clap-holdout:{episode_index}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < self.fraction
+        return _unit_hash(f"clap-holdout:{episode_index}") < self.fraction
 
     def starts(self, episode_index: int, frames: int, held_out: bool) -> NDArray[np.int64]:
         """Chunk start frames of one episode on the requested side of the split."""
@@ -88,13 +131,15 @@ class DatasetChunks:
         return one_arm, arms
 
 
-def _load_dataset(root: Path, stats_kind: str, holdout: Holdout, held_out: bool) -> DatasetChunks:
+def _load_dataset(root: Path, stats_kind: str, holdout: Holdout, held_out: bool, keep: set[int] | None) -> DatasetChunks:
     stats = load_norm_stats(root, stats_kind)
     if stats is None:
         raise ClapDataError(f"{root} is human video: it has no action labels to train or evaluate the Act-VAE on")
     states, actions, masks, lasts, frames_out, arms_out = [], [], [], [], [], []
     offset = 0
     for episode in iter_episode_arrays(root):
+        if keep is not None and episode.episode_index not in keep:
+            continue
         n = len(episode.state)
         states.append(episode.state.astype(np.float32))
         actions.append(episode.action.astype(np.float32))
@@ -124,8 +169,9 @@ def _load_dataset(root: Path, stats_kind: str, holdout: Holdout, held_out: bool)
 class ChunkPool:
     """Samples across several datasets, in proportion to how many each holds."""
 
-    def __init__(self, roots: list[Path], stats_kind: str, holdout: Holdout, held_out: bool) -> None:
-        self.datasets = [_load_dataset(Path(root), stats_kind, holdout, held_out) for root in roots]
+    def __init__(self, roots: list[Path], stats_kind: str, holdout: Holdout, held_out: bool, max_frames: int = DEFAULT_MAX_FRAMES) -> None:
+        keep, self.notice = select_episodes([Path(r) for r in roots], max_frames)
+        self.datasets = [_load_dataset(Path(root), stats_kind, holdout, held_out, subset) for root, subset in zip(roots, keep, strict=True)]
         self.sizes = np.array([len(d.sample_frames) for d in self.datasets], dtype=np.int64)
         self.side = "held-out" if held_out else "training"
         self.holdout = holdout

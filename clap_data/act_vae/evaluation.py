@@ -26,7 +26,7 @@ import torch
 from numpy.typing import NDArray
 
 from clap_data.act_vae.checkpoint import load_act_vae
-from clap_data.act_vae.chunk_pool import ARM_DIMS, ChunkPool, Holdout
+from clap_data.act_vae.chunk_pool import ARM_DIMS, DEFAULT_MAX_FRAMES, ChunkPool, Holdout
 from clap_data.act_vae.training import pick_device
 from clap_data.actions import CHUNK_SIZE, NormStats, denormalize
 from clap_data.errors import ClapDataError
@@ -66,6 +66,7 @@ class EvalReport:
     holdout: dict[str, object]
     stats_ids: dict[str, str]
     device: str
+    notice: str = ""  # e.g. that a subset of episodes was scored (max_frames)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -141,6 +142,7 @@ def evaluate_act_vae(
     holdout: Holdout = Holdout(),
     batch_size: int = 512,
     device: str = "auto",
+    max_frames: int = DEFAULT_MAX_FRAMES,
 ) -> EvalReport:
     """Reconstruction quality of ``ckpt`` on the held-out chunks of ``roots``; see the module docstring.
 
@@ -154,7 +156,7 @@ def evaluate_act_vae(
     where = pick_device(device)
     model, sha256 = load_act_vae(Path(ckpt), str(where))
     _check_model(model, Path(ckpt))
-    pool = ChunkPool([Path(r) for r in roots], stats, holdout, held_out=True)
+    pool = ChunkPool([Path(r) for r in roots], stats, holdout, held_out=True, max_frames=max_frames)
     totals = ErrorTotals(model.config.codebook_size)
     for position, chunks, arms in pool.batches(batch_size):
         recon, indices = reconstruct(model, chunks.to(where))
@@ -167,5 +169,5 @@ def evaluate_act_vae(
         chunks=totals.chunks, normalised_mse=totals.normalised_mse, psnr_db=psnr_db(totals.normalised_mse),
         per_dof_mse=totals.per_dof_mse(), code_usage=used / size, perplexity=perplexity_from_counts(totals.code_counts),
         dead_codes=size - used, holdout=holdout.to_dict(), stats_ids={str(d.root): d.stats.stats_id for d in pool.datasets},
-        device=str(where),
+        device=str(where), notice=pool.notice,
     )

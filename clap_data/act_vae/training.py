@@ -26,7 +26,7 @@ from clap_data.act_vae.checkpoint import (
     save_weights,
     write_training_meta,
 )
-from clap_data.act_vae.chunk_pool import ChunkPool, Holdout
+from clap_data.act_vae.chunk_pool import DEFAULT_MAX_FRAMES, ChunkPool, Holdout
 from clap_data.atomic import temp_sibling
 from clap_data.errors import ClapDataError
 from clap_data.locking import exclusive_lock
@@ -70,6 +70,7 @@ class TrainOptions:
     save_every: int = 500
     log_every: int = 25
     overwrite: bool = False
+    max_frames: int = DEFAULT_MAX_FRAMES  # frames held in memory; more means a fixed random subset of episodes
 
 
 @dataclass
@@ -95,6 +96,7 @@ class TrainReport:
     seconds: float
     last: StepMetrics | None
     reseeded_codes: int
+    notice: str = ""  # e.g. that a subset of episodes was used (--max-frames)
 
 
 def _run_identity(roots: list[Path], preset: str, config: ActVAEConfig, options: TrainOptions, lr: float) -> dict[str, Any]:
@@ -108,6 +110,7 @@ def _run_identity(roots: list[Path], preset: str, config: ActVAEConfig, options:
         "batch_size": options.batch_size,
         "learning_rate": lr,
         "seed": options.seed,
+        "max_frames": options.max_frames,
     }
 
 
@@ -167,7 +170,7 @@ def train_act_vae(
     started = time.perf_counter()
     with exclusive_lock(ckpt / ".lock", ckpt):
         saved = _resume(ckpt, identity, options)
-        pool = ChunkPool(list(roots), options.stats, options.holdout, held_out=False)
+        pool = ChunkPool(list(roots), options.stats, options.holdout, held_out=False, max_frames=options.max_frames)
         pool.require_samples()
         torch.manual_seed(options.seed)
         model = ActVAE(config).to(device)
@@ -183,7 +186,7 @@ def train_act_vae(
         resumed_from = step
         if step >= options.steps:
             meta = read_training_meta(ckpt)
-            return TrainReport(ckpt, meta.get("sha256", ""), step, resumed_from, True, len(pool), str(device), 0.0, None, 0)
+            return TrainReport(ckpt, meta.get("sha256", ""), step, resumed_from, True, len(pool), str(device), 0.0, None, 0, pool.notice)
         model.train()
         window: dict[str, list[float]] = {"loss": [], "mse": []}
         hits = torch.zeros(config.codebook_size, dtype=torch.int64, device=device)
@@ -227,4 +230,4 @@ def train_act_vae(
                     "last": last.__dict__ if last else None, "device": str(device),
                     "stats_ids": {str(d.root): d.stats.stats_id for d in pool.datasets},
                 })
-    return TrainReport(ckpt, sha, step, resumed_from, False, len(pool), str(device), time.perf_counter() - started, last, reseeded)
+    return TrainReport(ckpt, sha, step, resumed_from, False, len(pool), str(device), time.perf_counter() - started, last, reseeded, pool.notice)

@@ -32,6 +32,7 @@ StatsOption = Annotated[str, typer.Option(help="Normalisation statistics: opencl
 HoldoutOption = Annotated[str, typer.Option(help="Held-out split: episodes (a hash of the episode index) or tail (the end of every episode).")]
 HoldoutFractionOption = Annotated[float, typer.Option(min=0.0, max=0.95, help="Fraction held out of training.")]
 DeviceOption = Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:1 …")]
+MaxFramesOption = Annotated[int, typer.Option(min=1000, help="Frames held in memory (120 bytes each); beyond it a fixed random subset of episodes is used.")]
 
 
 def _check_stats(stats: str) -> None:
@@ -64,6 +65,7 @@ def train_act_vae(
     device: DeviceOption = "auto",
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch sampling.")] = 0,
     save_every: Annotated[int, typer.Option(min=1, help="Save (and make resumable) every N steps.")] = 500,
+    max_frames: MaxFramesOption = 20_000_000,
     overwrite: Annotated[bool, typer.Option(help="Discard a checkpoint at --out and start afresh.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -74,7 +76,7 @@ def train_act_vae(
     config = preset_config(preset, num_queries=num_queries, codebook_size=codebook_size)
     options = TrainOptions(
         steps=steps, batch_size=batch_size, learning_rate=lr, stats=stats, holdout=_holdout(holdout, holdout_fraction),
-        device=device, seed=seed, save_every=save_every, overwrite=overwrite,
+        device=device, seed=seed, save_every=save_every, overwrite=overwrite, max_frames=max_frames,
     )
     columns = (
         TextColumn("[bold]train act-vae"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
@@ -94,7 +96,7 @@ def train_act_vae(
         "ckpt": str(report.ckpt), "sha256": report.sha256, "steps": report.steps, "resumed_from": report.resumed_from,
         "already_complete": report.already_complete, "train_chunks": report.train_chunks, "device": report.device,
         "seconds": round(report.seconds, 2), "reseeded_codes": report.reseeded_codes,
-        "last": report.last.__dict__ if report.last else None,
+        "last": report.last.__dict__ if report.last else None, "notice": report.notice,
     }
     if as_json:
         print(json.dumps(result))
@@ -108,6 +110,8 @@ def train_act_vae(
         resumed = f", resumed from step {report.resumed_from}" if report.resumed_from else ""
         table.add_row("train", f"{report.steps} steps on {report.device} in {report.seconds:.1f} s{resumed}")
     table.add_row("chunks", f"{report.train_chunks:,} one-arm training chunks")
+    if report.notice:
+        table.add_row("note", report.notice)
     if report.last:
         table.add_row("last", f"loss {report.last.loss:.5f}, reconstruction MSE {report.last.recon_mse:.5f}, codes used {report.last.code_usage:.0%}")
     table.add_row("checkpoint", f"{report.ckpt} (sha256 {report.sha256[:16]}…)")
@@ -202,13 +206,14 @@ def eval_act_vae(
     holdout: Annotated[str | None, typer.Option(help="episodes or tail (default: the checkpoint's training split).")] = None,
     holdout_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Default: the checkpoint's.")] = None,
     device: DeviceOption = "auto",
+    max_frames: MaxFramesOption = 20_000_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Reconstruction on held-out chunks: per-DOF MSE in robot units, normalised MSE, PSNR, code usage, perplexity, dead codes."""
     from clap_data.act_vae.evaluation import evaluate_act_vae
 
     stats, split = _eval_split(ckpt, stats, holdout, holdout_fraction)
-    report = evaluate_act_vae(ckpt, datasets, stats=stats, holdout=split, device=device)
+    report = evaluate_act_vae(ckpt, datasets, stats=stats, holdout=split, device=device, max_frames=max_frames)
     if as_json:
         print(json.dumps(report.to_dict()))
         return
@@ -219,6 +224,8 @@ def eval_act_vae(
     table.add_row("held out", f"{report.chunks:,} one-arm chunks ({split.mode}, {split.fraction:.0%}), statistics {stats}")
     table.add_row("normalised", f"MSE {report.normalised_mse:.6f}, PSNR {report.psnr_db:.2f} dB")
     table.add_row("codes", f"{report.code_usage:.0%} used, perplexity {report.perplexity:.1f}, {report.dead_codes} dead")
+    if report.notice:
+        table.add_row("note", report.notice)
     stdout.print(table)
     dofs = Table(title="per-DOF MSE (metres, radians; grippers as stored)", title_justify="left", show_edge=False)
     for column in ("arm", "x", "y", "z", "roll", "pitch", "yaw", "gripper"):

@@ -88,3 +88,20 @@ def test_human_datasets_are_refused(unified_astribot, tmp_path):
     (copy / "meta/info.json").write_text(json.dumps(info))
     with pytest.raises(ClapDataError, match="human video"):
         ChunkPool([copy], "openclap", Holdout(), held_out=False)
+
+
+def test_memory_cap_keeps_a_fixed_subset_of_whole_episodes(unified_astribot, unified_droid):
+    holdout = Holdout("tail", 0.0)
+    capped = ChunkPool([unified_astribot, unified_droid], "openclap", holdout, held_out=False, max_frames=100)
+    again = ChunkPool([unified_astribot, unified_droid], "openclap", holdout, held_out=False, max_frames=100)
+    held = sum(len(d.state) for d in capped.datasets)
+    assert 0 < held <= 100 and "more than --max-frames 100" in capped.notice and f"({held:,} frames)" in capped.notice
+    for a, b in zip(capped.datasets, again.datasets, strict=True):
+        np.testing.assert_array_equal(a.state, b.state)
+    lengths = {20, 14, 17, 12, 40, 52, 45}  # whole episodes only
+    for data in capped.datasets:
+        ends = np.unique(data.last_frame)
+        sizes = np.diff(np.concatenate([[-1], ends]))
+        assert set(sizes.tolist()) <= lengths
+    full = ChunkPool([unified_astribot, unified_droid], "openclap", holdout, held_out=False)
+    assert full.notice == "" and sum(len(d.state) for d in full.datasets) == 137 + 63
