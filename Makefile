@@ -31,7 +31,7 @@ demo: $(STAMP)
 	@mkdir -p $(DEMO_DIR)
 	@if [ -d $(SHARED_FIXTURE) ]; then src=$(SHARED_FIXTURE); \
 	else src=$(DEMO_DIR)/astribot_source; echo "No ../shared here: generating a small Astribot-format sample in $$src"; \
-		$(PY) -m clap_data.factories.astribot $$src; fi; \
+		$(PY) -m clap_data.factories.astribot $$src --lengths 236,180; fi; \
 	$(VENV)/bin/clap-data ingest astribot --src $$src --out $(DEMO_DIR)/astribot_v3 --overwrite; rc=$$?; \
 	if [ $$rc -ne 0 ] && [ $$rc -ne 3 ]; then exit $$rc; fi; \
 	$(VENV)/bin/clap-data info $(DEMO_DIR)/astribot_v3 && \
