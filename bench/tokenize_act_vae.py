@@ -231,9 +231,9 @@ def time_ray_work(log: Path) -> None:
             handle.write(json.dumps({"kind": kind, "start": started, "end": time.time(), "chunks": chunks}) + "\n")
 
     class TimedTokenizer(tokenizer):
-        def __init__(self, ckpt: str, device: str) -> None:
+        def __init__(self, **kwargs: Any) -> None:  # whatever the pipeline's actor takes
             started = time.time()
-            super().__init__(ckpt, device)
+            super().__init__(**kwargs)
             note("actor_init", started, 0)
 
         def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
