@@ -131,10 +131,15 @@ class DatasetChunks:
         return one_arm, arms
 
 
-def _load_dataset(root: Path, stats_kind: str, holdout: Holdout, held_out: bool, keep: set[int] | None) -> DatasetChunks:
+def _robot_stats(root: Path, stats_kind: str) -> NormStats:
+    """The dataset's statistics; refuses what is not a unified robot dataset, before anything is read."""
     stats = load_norm_stats(root, stats_kind)
     if stats is None:
         raise ClapDataError(f"{root} is human video: it has no action labels to train or evaluate the Act-VAE on")
+    return stats
+
+
+def _load_dataset(root: Path, stats: NormStats, holdout: Holdout, held_out: bool, keep: set[int] | None) -> DatasetChunks:
     states, actions, masks, lasts, frames_out, arms_out = [], [], [], [], [], []
     offset = 0
     for episode in iter_episode_arrays(root):
@@ -170,8 +175,11 @@ class ChunkPool:
     """Samples across several datasets, in proportion to how many each holds."""
 
     def __init__(self, roots: list[Path], stats_kind: str, holdout: Holdout, held_out: bool, max_frames: int = DEFAULT_MAX_FRAMES) -> None:
+        stats = [_robot_stats(Path(root), stats_kind) for root in roots]
         keep, self.notice = select_episodes([Path(r) for r in roots], max_frames)
-        self.datasets = [_load_dataset(Path(root), stats_kind, holdout, held_out, subset) for root, subset in zip(roots, keep, strict=True)]
+        self.datasets = [
+            _load_dataset(Path(root), s, holdout, held_out, subset) for root, s, subset in zip(roots, stats, keep, strict=True)
+        ]
         self.sizes = np.array([len(d.sample_frames) for d in self.datasets], dtype=np.int64)
         self.side = "held-out" if held_out else "training"
         self.holdout = holdout
