@@ -227,12 +227,12 @@ def eval_act_vae(
     if report.notice:
         table.add_row("note", report.notice)
     stdout.print(table)
-    dofs = Table(title="per-DOF MSE (metres, radians; grippers as stored)", title_justify="left", show_edge=False)
+    dofs = Table(title="per-DOF MSE (metres, radians; grippers as stored)", title_justify="left", show_edge=False, padding=(0, 1))
     for column in ("arm", "x", "y", "z", "roll", "pitch", "yaw", "gripper"):
         dofs.add_column(column, justify="right")
     for arm in ("left", "right"):
         values = [report.per_dof_mse[f"{arm}_{dof}"] for dof in ("x", "y", "z", "roll", "pitch", "yaw", "gripper")]
-        dofs.add_row(arm, *("—" if v is None else f"{v:.3e}" for v in values))
+        dofs.add_row(arm, *("—" if v is None else f"{v:.1e}" for v in values))
     stdout.print(dofs)
 
 
