@@ -4,10 +4,11 @@
       model.safetensors    weights (huggingface_hub's PyTorchModelHubMixin layout, loadable from the Hub)
       config.json          ActVAEConfig
       training.json        what produced it: step, datasets, statistics, holdout, last metrics, sha256
-      training_state.pt    optimizer, step and RNG states: what a rerun resumes from
+      training_state.pt    everything a rerun resumes from (clap_data.train_state): weights, code-usage
+                           counts, optimizer, RNG streams, step, log window and the run's settings
 
 Every file is replaced atomically, ``training_state.pt`` first, so after a crash the resume point is
-complete even if the exported weights are one save behind.
+complete even if the exported weights are one save behind (a rerun exports them again).
 """
 
 from __future__ import annotations

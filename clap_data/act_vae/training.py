@@ -4,8 +4,14 @@ The loop is plain PyTorch on one device (a GPU when there is one): random batche
 :class:`ChunkPool`, loss = reconstruction + codebook + β·commitment, the codebook in its own
 optimizer group at ``codebook_lr_scale`` × the learning rate, and dead codes (unused since the
 last check) re-seeded from live codes every ``dead_code_check_every`` steps. It saves every
-``save_every`` steps and at the end; rerunning the same command resumes from the last save
-(optimizer and RNG states included), and asking for more steps than a finished run had continues it.
+``save_every`` steps and at the end; rerunning the same command resumes from the last save, and asking
+for more steps than a finished run had continues it; other settings are refused unless ``overwrite``.
+
+A resumed run (after a clean stop or a ``kill -9``) gives the same bytes as an uninterrupted one on a CPU:
+the save holds everything the rest of the loop reads (:mod:`clap_data.train_state`): weights, optimizer,
+the quantiser's code-usage counts since the last dead-code check, every RNG stream (data order included)
+and the log window behind the reported metrics. It also holds the run's settings, so a crash between it and
+the exported weights cannot strand the run: a rerun with nothing left to train exports them again.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clap_data import train_state
 from clap_data.act_vae.checkpoint import (
     TRAINING_STATE_NAME,
     clear_checkpoint,
@@ -27,7 +34,6 @@ from clap_data.act_vae.checkpoint import (
     write_training_meta,
 )
 from clap_data.act_vae.chunk_pool import DEFAULT_MAX_FRAMES, ChunkPool, Holdout
-from clap_data.atomic import temp_sibling
 from clap_data.errors import ClapDataError
 from clap_data.locking import exclusive_lock
 from clap_data.models import ActVAE, ActVAEConfig
@@ -75,7 +81,8 @@ class TrainOptions:
 
 @dataclass
 class StepMetrics:
-    """Means over the last ``log_every`` steps (code usage: distinct codes hit in that window / K)."""
+    """Means over the log window up to ``step`` (code usage: distinct codes hit in it / K). Windows are the
+    ``log_every`` steps ending at a multiple of it; a run's last step reports the window so far."""
 
     step: int
     loss: float
@@ -114,23 +121,9 @@ def _run_identity(roots: list[Path], preset: str, config: ActVAEConfig, options:
     }
 
 
-def _save_state(ckpt: Path, model: ActVAE, optimizer: torch.optim.Optimizer, step: int, rng: np.random.Generator) -> None:
-    state = {
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "numpy_rng": rng.bit_generator.state,
-        "torch_rng": torch.get_rng_state(),
-    }
-    tmp = temp_sibling(ckpt / TRAINING_STATE_NAME)
-    torch.save(state, tmp)
-    tmp.replace(ckpt / TRAINING_STATE_NAME)
-
-
 def _resume(ckpt: Path, identity: dict[str, Any], options: TrainOptions) -> dict[str, Any] | None:
-    """The saved state to continue from, None to start afresh; refuses to mix different runs."""
+    """The saved training state to continue from, None to start afresh; refuses to mix different runs."""
     state_file = ckpt / TRAINING_STATE_NAME
-    meta = read_training_meta(ckpt)
     if options.overwrite:
         clear_checkpoint(ckpt)
         return None
@@ -138,16 +131,31 @@ def _resume(ckpt: Path, identity: dict[str, Any], options: TrainOptions) -> dict
         if ckpt.exists() and any(p for p in ckpt.iterdir() if not p.name.startswith(".")):
             raise ClapDataError(f"{ckpt} exists and is not a resumable Act-VAE run; choose another --out or pass --overwrite")
         return None
-    if meta.get("run") != identity:
-        changed = sorted(k for k in identity if meta.get("run", {}).get(k) != identity[k])
+    saved = train_state.load(state_file)
+    run = saved["extra"].get("run", {})
+    if run != identity:
+        changed = sorted(k for k in identity if run.get(k) != identity[k])
         raise ClapDataError(
             f"{ckpt} holds a run with other settings ({', '.join(changed)} differ); "
             "pass --overwrite to start afresh or choose another --out"
         )
-    try:
-        return torch.load(state_file, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise ClapDataError(f"{state_file} cannot be read ({exc}); pass --overwrite to start afresh") from None
+    return saved
+
+
+def _export(ckpt: Path, model: ActVAE, meta: dict[str, Any]) -> str:
+    """The weights, then ``training.json`` (``meta`` plus their sha256); returns the sha256."""
+    sha = save_weights(model, ckpt)
+    write_training_meta(ckpt, {**meta, "sha256": sha})
+    return sha
+
+
+def _save_state(
+    ckpt: Path, model: ActVAE, optimizer: torch.optim.Optimizer, rng: np.random.Generator, loop: dict[str, Any]
+) -> None:
+    """Everything the rest of the run reads; saved before the exports, so a crash in between leaves a
+    complete resume point."""
+    state = train_state.capture(model, optimizer, generators={"batches": rng}, extra=loop)
+    train_state.save(ckpt / TRAINING_STATE_NAME, state)
 
 
 def train_act_vae(
@@ -176,22 +184,30 @@ def train_act_vae(
         model = ActVAE(config).to(device)
         optimizer = torch.optim.Adam(model.param_groups(lr))
         rng = np.random.default_rng(options.seed)
-        step = 0
+        # what the loop itself carries across a resume: settings, step, the open log window, the last metrics
+        loop: dict[str, Any] = {
+            "run": identity, "step": 0, "window_loss": [], "window_mse": [],
+            "hits": torch.zeros(config.codebook_size, dtype=torch.int64), "last": None,
+        }
         if saved is not None:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            rng.bit_generator.state = saved["numpy_rng"]
-            torch.set_rng_state(saved["torch_rng"])
-            step = int(saved["step"])
+            loop = train_state.restore(saved, model, optimizer, generators={"batches": rng})
+        step, hits = int(loop["step"]), loop["hits"].to(device)
+        last = StepMetrics(**loop["last"]) if loop["last"] else None
         resumed_from = step
+
+        def meta() -> dict[str, Any]:
+            return {
+                "run": identity, "step": step, "train_chunks": len(pool), "last": last.__dict__ if last else None,
+                "device": str(device), "stats_ids": {str(d.root): d.stats.stats_id for d in pool.datasets},
+            }
+
         if step >= options.steps:
-            meta = read_training_meta(ckpt)
-            return TrainReport(ckpt, meta.get("sha256", ""), step, resumed_from, True, len(pool), str(device), 0.0, None, 0, pool.notice)
+            done = read_training_meta(ckpt)
+            # the state is saved before the exports: after a crash between them, the exports are one save behind
+            sha = done["sha256"] if done.get("step") == step else _export(ckpt, model, meta())
+            return TrainReport(ckpt, sha, step, resumed_from, True, len(pool), str(device), 0.0, None, 0, pool.notice)
         model.train()
-        window: dict[str, list[float]] = {"loss": [], "mse": []}
-        hits = torch.zeros(config.codebook_size, dtype=torch.int64, device=device)
-        window_start = time.perf_counter()
-        last: StepMetrics | None = None
+        window_start, timed_steps = time.perf_counter(), 0  # for steps/s: this process's steps of the window
         reseeded = 0
         while step < options.steps:
             batch = pool.sample(options.batch_size, rng).to(device)
@@ -200,34 +216,35 @@ def train_act_vae(
             out["loss"].backward()
             optimizer.step()
             step += 1
-            window["loss"].append(float(out["loss"].detach()))
-            window["mse"].append(float(out["recon_mse"].detach()))
+            timed_steps += 1
+            loop["window_loss"].append(float(out["loss"].detach()))
+            loop["window_mse"].append(float(out["recon_mse"].detach()))
             hits += torch.bincount(out["indices"].reshape(-1), minlength=config.codebook_size)
             if step % config.dead_code_check_every == 0:
                 latents = out["z_e"] if config.reseed_from == "latents" else None
                 reseeded += model.reseed_dead_codes(latents)
-            if step % options.log_every == 0 or step == options.steps:
+            window_ends = step % options.log_every == 0
+            if window_ends or step == options.steps:
                 elapsed = time.perf_counter() - window_start
                 last = StepMetrics(
                     step=step,
-                    loss=float(np.mean(window["loss"])),
-                    recon_mse=float(np.mean(window["mse"])),
+                    loss=float(np.mean(loop["window_loss"])),
+                    recon_mse=float(np.mean(loop["window_mse"])),
                     code_usage=float((hits > 0).float().mean()),
-                    steps_per_second=len(window["loss"]) / elapsed if elapsed > 0 else 0.0,
+                    steps_per_second=timed_steps / elapsed if elapsed > 0 else 0.0,
                 )
                 if not np.isfinite(last.loss):
                     raise ClapDataError(f"training diverged at step {step} (loss {last.loss}); lower --lr and rerun with --overwrite")
                 if on_progress:
                     on_progress(last, options.steps)
-                window = {"loss": [], "mse": []}
+            if window_ends:  # a last step inside a window leaves it open: a resumed run goes on filling it
+                loop["window_loss"], loop["window_mse"] = [], []
                 hits.zero_()
-                window_start = time.perf_counter()
+                window_start, timed_steps = time.perf_counter(), 0
             if step % options.save_every == 0 or step == options.steps:
-                _save_state(ckpt, model, optimizer, step, rng)
-                sha = save_weights(model, ckpt)
-                write_training_meta(ckpt, {
-                    "run": identity, "step": step, "sha256": sha, "train_chunks": len(pool),
-                    "last": last.__dict__ if last else None, "device": str(device),
-                    "stats_ids": {str(d.root): d.stats.stats_id for d in pool.datasets},
-                })
-    return TrainReport(ckpt, sha, step, resumed_from, False, len(pool), str(device), time.perf_counter() - started, last, reseeded, pool.notice)
+                loop.update(step=step, hits=hits, last=last.__dict__ if last else None)
+                _save_state(ckpt, model, optimizer, rng, loop)
+                sha = _export(ckpt, model, meta())
+    seconds = time.perf_counter() - started
+    chunks = len(pool)
+    return TrainReport(ckpt, sha, step, resumed_from, False, chunks, str(device), seconds, last, reseeded, pool.notice)

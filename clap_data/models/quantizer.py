@@ -9,7 +9,8 @@ Conventions
   training code to give it its own, larger learning rate (see ``ActVAE.param_groups``).
 * Usage tracking: ``usage`` counts code hits made **in training mode** since the last
   ``reseed_dead_codes`` call (evaluation / tokenisation does not count). The buffer is not persistent, so a
-  checkpoint holds only weights and its sha256 depends on nothing but the weights.
+  checkpoint holds only weights and its sha256 depends on nothing but the weights; the training state
+  (``clap_data.train_state``) saves it, since the next re-seeding reads it.
 """
 
 from __future__ import annotations
