@@ -258,17 +258,38 @@ def _encode_frames(frames: Iterator[av.VideoFrame], dst: Path, fps: int, size: t
     return written
 
 
+def _pick(decoded: Iterator[tuple[int, av.VideoFrame]], start: int, frames: Sequence[int]) -> Iterator[av.VideoFrame]:
+    """The decoded frames at offsets ``frames`` from ``start`` (non-decreasing), each as often as
+    it is listed: a resampled episode drops frames and may repeat some."""
+    wanted = iter(frames)
+    offset = next(wanted, None)
+    for index, frame in decoded:
+        while offset is not None and offset == index - start:
+            yield frame
+            offset = next(wanted, None)
+        if offset is None:
+            return
+
+
 def reencode(src: Path, dst: Path, fps: int, size: tuple[int, int] | None, codec: str, gop: int, crf: int,
-             start: int = 0, count: int | None = None, probe: VideoProbe | None = None) -> None:
+             start: int = 0, count: int | None = None, probe: VideoProbe | None = None,
+             frames: Sequence[int] | None = None) -> None:
     """Decode frames ``[start, start + count)`` and re-encode them (optionally resized to
-    ``(height, width)``), frame-accurately: the output's first frame is exactly frame ``start``."""
+    ``(height, width)``), frame-accurately: the output's first frame is exactly frame ``start``.
+    ``frames`` keeps only those offsets from ``start``, in order (non-decreasing, repeats allowed)."""
     probe = probe or probe_video(src)
     count = probe.frame_count - start if count is None else count
+    if frames is not None and (
+        any(b < a for a, b in zip(frames, frames[1:])) or not all(0 <= f < count for f in frames)
+    ):
+        raise ValueError(f"frames to keep must be non-decreasing offsets below {count}")
     with _open(src) as inp:
-        frames = (frame for _, frame in _decode_window(inp, probe, start, count))
-        written = _encode_frames(frames, dst, fps, size, codec, gop, crf)
-    if written != count:
-        raise VideoError(f"decodes to {written} of the {count} frames asked for")
+        decoded = _decode_window(inp, probe, start, count)
+        kept = (frame for _, frame in decoded) if frames is None else _pick(decoded, start, frames)
+        written = _encode_frames(kept, dst, fps, size, codec, gop, crf)
+    expected = count if frames is None else len(frames)
+    if written != expected:
+        raise VideoError(f"decodes to {written} of the {expected} frames asked for")
 
 
 def encode_images(images: Sequence[bytes], dst: Path, fps: int, size: tuple[int, int] | None,

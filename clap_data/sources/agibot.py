@@ -80,6 +80,7 @@ from clap_data.sources.base import (
     require_file,
     require_increasing,
 )
+from clap_data.sources.metadata_io import check_unique, read_json
 
 EMBODIMENT = "agibot-go1"
 FPS = 30
@@ -121,21 +122,18 @@ def _episode_sort_key(episode_id: str) -> tuple[int, int | str]:
 
 def _load_task_info(path: Path) -> list[dict[str, Any]]:
     """A task's entries, each with its ``episode_id`` as text; the file must be a list of
-    objects with unique episode ids, or the whole source is unusable."""
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ClapDataError(f"task file {path} cannot be read: {exc}") from None
+    objects with unique episode ids (``685`` and ``"685"`` are one id), or the whole source is
+    unusable: an id listed twice would be ingested twice."""
+    entries = read_json(path, "task file")
     if not isinstance(entries, list):
         raise ClapDataError(f"task file {path} is not a JSON list of episodes")
-    seen: set[str] = set()
+    ids = []
     for number, entry in enumerate(entries):
         episode_id = entry.get("episode_id") if isinstance(entry, dict) else None
         if not isinstance(episode_id, (int, str)) or isinstance(episode_id, bool):
             raise ClapDataError(f"task file {path} entry {number} has no episode_id")
-        if str(episode_id) in seen:
-            raise ClapDataError(f"task file {path} lists episode {episode_id} twice")
-        seen.add(str(episode_id))
+        ids.append((str(episode_id), f"entry {number}"))
+    check_unique(ids, f"task file {path}", "episode_id")
     return entries
 
 
@@ -550,7 +548,13 @@ def _segments(entry: dict[str, Any], task_file: str, episode_id: str) -> list[di
             raise EpisodeRejected(
                 "bad_label", task_file, f"{where} action_config segment {number} lacks integer frames or an action_text"
             )
-        if start < 0 or end <= start:
+        if start < 0:
+            raise EpisodeRejected(
+                "bad_label", task_file,
+                f"{where} action_config segment {number} [{start}, {end}) starts at frame {start}, "
+                "before the episode's first frame 0",
+            )
+        if end <= start:
             raise EpisodeRejected(
                 "bad_label", task_file, f"{where} action_config segment {number} [{start}, {end}) is empty or reversed"
             )

@@ -4,6 +4,12 @@ Quirks treated as normal input: ``task_index`` is a ``[coarse, fine]`` pair (sto
 cannot load it), info.json declares prompt arrays 512 long while they are 128, columns exist
 that info.json does not declare, the metadata may declare episodes and cameras whose files are
 absent from the user's copy, and gripper readings stray outside their 0..100 range.
+
+Not trusted: the metadata files are validated by :mod:`clap_data.sources.metadata_io` (entries
+present and typed, no episode or task index twice, path templates inside the source, a usable
+fps), and each episode's timestamps must run at the declared fps. ``fps`` (``--fps``) resamples
+every episode onto that rate, keeping the frame nearest in time to each output frame; a declared
+rate that is not a whole number must be resampled so, as LeRobot v3 stores an integer.
 """
 
 from __future__ import annotations
@@ -23,13 +29,27 @@ from clap_data.sources.base import (
     CanonicalEpisode,
     EpisodeRef,
     EpisodeRejected,
+    VideoInput,
     VideoWindow,
+    nearest_frames,
     require_file,
+    require_frame_rate,
     require_increasing,
+    select_frames,
 )
-from clap_data.sources.metadata_io import read_json, read_jsonl
+from clap_data.sources.metadata_io import (
+    ListedEpisode,
+    layout_info,
+    output_fps,
+    read_episode_list,
+    read_json_object,
+    read_task_list,
+)
 
 EMBODIMENT = "S1-stationary"
+INFO_FILE = "meta/info.json"
+EPISODES_FILE = "meta/episodes.jsonl"
+TASKS_FILE = "meta/tasks.jsonl"
 
 # Unified camera name -> Astribot video key.
 CAMERA_KEYS = {
@@ -52,42 +72,44 @@ class AstribotSource:
     name = "astribot"
     embodiment = EMBODIMENT
 
-    def __init__(self, root: Path, cameras: Sequence[str] | None = None):
+    def __init__(self, root: Path, cameras: Sequence[str] | None = None, fps: int | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ClapDataError(f"source folder {self.root} does not exist")
-        info = read_json(self.root / "meta/info.json", "metadata file", "is this an Astribot (LeRobot v2.0) dataset?")
-        try:
-            self.fps = int(info["fps"])
-            self._data_path = str(info["data_path"])
-            self._video_path = str(info.get("video_path") or "")
-            self._chunks_size = int(info.get("chunks_size", 1000))
-            features = dict(info["features"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ClapDataError(f"metadata file {self.root / 'meta/info.json'} lacks a usable {exc} entry") from None
+        info_path = self.root / INFO_FILE
+        info = read_json_object(info_path, "metadata file", "is this an Astribot (LeRobot v2.0) dataset?")
         if not str(info.get("codebase_version", "")).startswith("v2"):
             raise ClapDataError(
                 f"{self.root} declares codebase_version {info.get('codebase_version')!r}; "
                 "the astribot reader expects the GR00T-flavoured LeRobot v2.0 layout"
             )
+        self._info = layout_info(info, f"metadata file {info_path}")
+        self.fps = output_fps(self._info.fps, fps, self._info.where)
         for column in (STATE_COLUMN, COMMAND_COLUMN):
-            if column not in features:
-                raise ClapDataError(f"metadata file {self.root / 'meta/info.json'} declares no {column} feature")
-        self._episodes = read_jsonl(self.root / "meta/episodes.jsonl", "episode list")
-        self._tasks = {
-            int(row["task_index"]): str(row["task"]) for row in read_jsonl(self.root / "meta/tasks.jsonl", "task list")
-        }
-        declared = [key for key, ft in features.items() if isinstance(ft, dict) and ft.get("dtype") == "video"]
+            if column not in self._info.features:
+                raise ClapDataError(f"metadata file {info_path} declares no {column} feature")
+        listed = read_episode_list(self.root / EPISODES_FILE, self._info.chunks_size)
+        self._episodes = [self._locate(episode) for episode in listed]
+        self._tasks = read_task_list(self.root / TASKS_FILE)
         self.notices: list[str] = []
-        self.cameras = self._choose_cameras(declared, cameras)
+        self.cameras = self._choose_cameras(list(self._info.video_keys), cameras)
 
-    def _video_file(self, episode: dict[str, Any], video_key: str) -> Path:
-        index = int(episode["episode_index"])
-        chunk = int(episode.get("episode_chunk", index // self._chunks_size))
-        return self.root / self._video_path.format(episode_chunk=chunk, video_key=video_key, episode_index=index)
+    def _locate(self, episode: ListedEpisode) -> dict[str, Any]:
+        """An episode's index, declared length and files (data, and video per known camera key),
+        the templates checked to stay inside the source folder; JSON-able for ``EpisodeRef.details``."""
+        fields = {"episode_chunk": episode.chunk, "episode_index": episode.index}
+        return {
+            "episode_index": episode.index,
+            "length": episode.length,
+            "data": self._info.data_file(self.root, **fields),
+            "videos": {
+                key: self._info.video_file(self.root, video_key=key, **fields)
+                for key in CAMERA_KEYS.values() if key in self._info.video_keys
+            },
+        }
 
     def _camera_has_files(self, video_key: str) -> bool:
-        return any(self._video_file(ep, video_key).is_file() for ep in self._episodes)
+        return any((self.root / episode["videos"][video_key]).is_file() for episode in self._episodes)
 
     def _choose_cameras(self, declared: list[str], requested: Sequence[str] | None) -> tuple[str, ...]:
         known = {key: cam for cam, key in CAMERA_KEYS.items()}
@@ -120,38 +142,31 @@ class AstribotSource:
         return tuple(dict.fromkeys(requested))
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.name, "root": str(self.root.resolve()), "cameras": list(self.cameras)}
+        return {"source": self.name, "root": str(self.root.resolve()), "cameras": list(self.cameras), "fps": self.fps}
 
     def list_episodes(self) -> list[EpisodeRef]:
-        refs = []
-        for order, episode in enumerate(self._episodes):
-            index = int(episode["episode_index"])
-            chunk = int(episode.get("episode_chunk", index // self._chunks_size))
-            data = self._data_path.format(episode_chunk=chunk, episode_index=index)
-            refs.append(
-                EpisodeRef(
-                    source_episode=f"{index:06d}",
-                    order=order,
-                    path=data,
-                    details={"episode": episode},
-                )
+        return [
+            EpisodeRef(
+                source_episode=f"{episode['episode_index']:06d}", order=order, path=episode["data"], details=episode
             )
-        return refs
+            for order, episode in enumerate(self._episodes)
+        ]
 
     def read_episode(self, ref: EpisodeRef) -> CanonicalEpisode:
-        episode = ref.details["episode"]
+        episode = ref.details
         data_file = require_file(self.root / ref.path, self.root, "data file")
-        videos = {
-            camera: VideoWindow(require_file(self._video_file(episode, CAMERA_KEYS[camera]), self.root, "video file"))
+        videos: dict[str, VideoInput] = {
+            camera: VideoWindow(
+                require_file(self.root / episode["videos"][CAMERA_KEYS[camera]], self.root, "video file")
+            )
             for camera in self.cameras
         }
         table = self._read_table(data_file, ref.path)
         frames = table.num_rows
-        declared_length = episode.get("length")
-        if declared_length is not None and int(declared_length) != frames:
+        if episode["length"] != frames:
             raise EpisodeRejected(
                 "frame_count", ref.path,
-                f"data file {ref.path} has {frames} rows but meta/episodes.jsonl declares {declared_length}",
+                f"data file {ref.path} has {frames} rows but meta/episodes.jsonl declares {episode['length']}",
             )
         self._check_clock(table, ref.path)
         state = self._pose_matrix(table, STATE_COLUMN, ref.path)
@@ -159,8 +174,17 @@ class AstribotSource:
         coarse, fine = self._instructions(table, ref.path)
         state14, mask = geometry.dual_arm14(*(self._arm(state, arm, STATE_COLUMN, ref.path) for arm in ARM_LAYOUT))
         action14, _ = geometry.dual_arm14(*(self._arm(command, arm, COMMAND_COLUMN, ref.path) for arm in ARM_LAYOUT))
+        if self.fps == self._info.fps:
+            return CanonicalEpisode(
+                state=state14, action=action14, arm_mask=mask, tasks=coarse, subtasks=fine, videos=videos
+            )
+        # Resampled (--fps): the commands are recorded per frame, so every stream keeps the rows of
+        # the frames nearest in time; values were checked at the source rows, which reasons name.
+        picks = nearest_frames(table.column("timestamp").to_numpy(), self.fps)
         return CanonicalEpisode(
-            state=state14, action=action14, arm_mask=mask, tasks=coarse, subtasks=fine, videos=videos
+            state=state14[picks], action=action14[picks], arm_mask=mask[picks],
+            tasks=[coarse[i] for i in picks], subtasks=[fine[i] for i in picks],
+            videos={camera: select_frames(window, picks, frames) for camera, window in videos.items()},
         )
 
     @staticmethod
@@ -177,8 +201,7 @@ class AstribotSource:
             raise EpisodeRejected("empty", relative, f"data file {relative} has no rows")
         return table
 
-    @staticmethod
-    def _check_clock(table: pa.Table, relative: str) -> None:
+    def _check_clock(self, table: pa.Table, relative: str) -> None:
         frame_index = table.column("frame_index").to_numpy()
         if not np.array_equal(frame_index, np.arange(len(frame_index))):
             first = int(np.argmax(frame_index != np.arange(len(frame_index))))
@@ -186,7 +209,9 @@ class AstribotSource:
                 "frame_index", relative,
                 f"data file {relative} has frame_index {frame_index[first]} at row {first}: frames are missing or out of order",
             )
-        require_increasing(table.column("timestamp").to_numpy().astype(np.float64), relative, f"data file {relative}")
+        timestamps = table.column("timestamp").to_numpy()
+        require_increasing(timestamps.astype(np.float64), relative, f"data file {relative}")
+        require_frame_rate(timestamps, self._info.fps, relative, f"data file {relative}", INFO_FILE)
 
     @staticmethod
     def _pose_matrix(table: pa.Table, column: str, relative: str) -> np.ndarray:

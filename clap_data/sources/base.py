@@ -4,11 +4,17 @@ Listing runs once on the driver and must only look at metadata and file names; r
 workers, one episode at a time, so it must only touch that episode's files. Anything wrong with
 one episode is raised as :class:`EpisodeRejected` (the episode is quarantined, the run goes on);
 anything wrong with the whole source is a :class:`~clap_data.errors.ClapDataError` (the run stops).
+
+Frame rates follow the same split: a declared rate that is no usable number stops the run at
+listing (:mod:`clap_data.sources.metadata_io`), an episode whose timestamps run at another rate
+than the declared one is quarantined when it is read (:func:`require_frame_rate`), since listing
+reads no episode file. Resampling onto another rate (``--fps``) picks, for every output frame, the
+source frame nearest in time (:func:`nearest_frames`, :func:`select_frames`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,11 +50,20 @@ class VideoWindow:
     A whole file, or a window that starts on a keyframe of a stream without B-frames (episodes of
     a LeRobot v3 file), is stream-copied; any other window (a narrated action inside an Ego4D
     clip) is re-encoded so that it starts exactly at ``start``.
+
+    ``frames``, when given, are the window's frames the episode keeps, in order, as offsets from
+    ``start`` (a resampled episode: non-decreasing, repeats allowed); they are re-encoded, and
+    ``count`` must then be given.
     """
 
     path: Path
     start: int = 0
     count: int | None = None
+    frames: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and self.count is None:
+            raise ValueError("a VideoWindow that selects frames needs the count of frames it selects from")
 
 
 @dataclass(frozen=True)
@@ -120,3 +135,49 @@ def require_increasing(timestamps: np.ndarray, category_file: str, what: str, un
         raise EpisodeRejected(
             "timestamps", category_file, f"{what} has non-increasing timestamps at {unit} {index} ({shown[0]} then {shown[1]})"
         )
+
+
+# Relative tolerance of a declared frame rate against the episode's clock (29.97 vs 30 is 0.1 %).
+FRAME_RATE_TOLERANCE = 5e-4
+
+
+def require_frame_rate(timestamps: np.ndarray, fps: float, category_file: str, what: str, declared_in: str) -> None:
+    """Reject an episode whose clock runs at another rate than its metadata declares
+    (``fps_mismatch``): the median frame interval, which a few dropped or doubled frames do not
+    move, must be 1 / ``fps`` within :data:`FRAME_RATE_TOLERANCE` and the resolution of the stored
+    timestamps (float32 ones are coarse late in long episodes). ``declared_in`` names the file."""
+    values = np.asarray(timestamps)
+    if len(values) < 2:
+        return
+    interval = float(np.median(np.diff(values.astype(np.float64))))
+    if interval <= 0:
+        return  # not a clock at all: the monotonicity checks name the first bad row
+    resolution = float(np.spacing(np.abs(values).max())) if np.issubdtype(values.dtype, np.floating) else 0.0
+    if abs(interval - 1 / fps) > FRAME_RATE_TOLERANCE / fps + resolution:
+        raise EpisodeRejected(
+            "fps_mismatch", category_file,
+            f"{what} has timestamps {interval:.6f} s apart (median), i.e. {1 / interval:.3f} fps, "
+            f"but {declared_in} declares fps {fps:g}",
+        )
+
+
+def nearest_frames(times: np.ndarray, fps: int) -> np.ndarray:
+    """Resampling onto ``fps``: for each output frame k at ``k / fps`` (from the first frame's time
+    to the last's), the index of the source frame nearest in time, the earlier one on a tie.
+    ``times`` are the source frames' times in seconds, increasing. Comparisons allow a thousandth
+    of an output frame, so that float32 round-off neither adds a frame nor decides a tie."""
+    times = np.asarray(times, dtype=np.float64) - float(times[0])
+    slack = 1e-3 / fps
+    grid = np.arange(int(np.floor((times[-1] + slack) * fps)) + 1) / fps
+    after = np.clip(np.searchsorted(times, grid), 0, len(times) - 1)
+    before = np.maximum(after - 1, 0)
+    return np.where(grid - times[before] <= times[after] - grid + slack, before, after)
+
+
+def select_frames(video: VideoInput, picks: np.ndarray, source_frames: int) -> VideoInput:
+    """One camera's input reduced to the frames ``picks`` (indices into the episode's
+    ``source_frames`` frames, e.g. from :func:`nearest_frames`)."""
+    if isinstance(video, ImageSequence):
+        return ImageSequence(tuple(video.images[i] for i in picks))
+    count = source_frames if video.count is None else video.count
+    return replace(video, count=count, frames=tuple(int(i) for i in picks))

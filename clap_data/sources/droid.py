@@ -88,7 +88,8 @@ def droid_mapping_document(video_keys: Sequence[str]) -> dict[str, Any]:
 
 
 class DroidSource:
-    """DROID from a LeRobot port or RLDS shards; ``cameras`` picks among head and wrist_right.
+    """DROID from a LeRobot port or RLDS shards; ``cameras`` picks among head and wrist_right;
+    ``fps`` resamples onto another rate (both layouts: nearest source frame in time).
 
     ``workers_hint`` is passed to the RLDS reader (it sizes its shard scan); the LeRobot port
     lists episodes from its metadata and does not need it.
@@ -96,7 +97,9 @@ class DroidSource:
 
     name = "droid"
 
-    def __init__(self, root: Path, cameras: Sequence[str] | None = None, workers_hint: int | None = None):
+    def __init__(
+        self, root: Path, cameras: Sequence[str] | None = None, workers_hint: int | None = None, fps: int | None = None
+    ):
         root = Path(root)
         if not root.is_dir():
             raise ClapDataError(f"source folder {root} does not exist")
@@ -105,12 +108,12 @@ class DroidSource:
             self.layout = "lerobot"
             video_keys = LeRobotLayout(root).video_keys
             mapping = parse_mapping(droid_mapping_document(video_keys), "built-in DROID mapping")
-            self._impl = LeRobotSource(root, mapping, cameras)
+            self._impl = LeRobotSource(root, mapping, cameras, fps=fps)
         elif _has_rlds_shards(root):
             from clap_data.sources.droid_rlds import DroidRldsSource
 
             self.layout = "rlds"
-            self._impl = DroidRldsSource(root, cameras=cameras, workers_hint=workers_hint)
+            self._impl = DroidRldsSource(root, cameras=cameras, workers_hint=workers_hint, fps=fps)
         else:
             raise ClapDataError(
                 f"{root} is not a DROID dataset: it has neither {INFO_PATH} (a LeRobot port such as "

@@ -41,6 +41,11 @@ UTF-8 with invalid bytes replaced). Episodes without an annotation (``""``) are 
 ``""`` when absent), ``file_path`` (``episode_metadata/file_path``), ``is_episode_successful`` (the file path
 contains ``/success/``) and ``empty_instruction``.
 
+**Frame rate.** 15 fps. ``fps`` (``--fps``) resamples onto another rate: RLDS steps carry no
+timestamps, so step i is taken at i / 15 s and each output frame keeps the nearest step (state,
+images); the action is then the next *kept* state. Two shard files naming one shard of a split
+(another zero padding or shard total) are refused when listing, as they would list episodes twice.
+
 **Validation** (each → :class:`EpisodeRejected` naming ``<shard>#<record index>``): truncated
 record or CRC mismatch (``truncated`` / ``corrupt_record``, with the byte offset), a record that
 is not a ``tf.train.Example``, missing or wrongly typed features, per-step lengths that do not
@@ -66,8 +71,16 @@ from PIL import Image
 
 from clap_data import geometry
 from clap_data.errors import ClapDataError
-from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, ImageSequence, require_file
-from clap_data.sources.metadata_io import read_json
+from clap_data.sources.base import (
+    CanonicalEpisode,
+    EpisodeRef,
+    EpisodeRejected,
+    ImageSequence,
+    nearest_frames,
+    require_file,
+    select_frames,
+)
+from clap_data.sources.metadata_io import check_unique, output_fps, read_json
 from clap_data.tfrecord import (
     DecodeError,
     ParsedExample,
@@ -151,10 +164,12 @@ class DroidRldsSource:
 
     name = "droid"
     embodiment = EMBODIMENT
-    fps = DROID_FPS
 
-    def __init__(self, root: Path, cameras: Sequence[str] | None = None, workers_hint: int | None = None):
+    def __init__(
+        self, root: Path, cameras: Sequence[str] | None = None, workers_hint: int | None = None, fps: int | None = None
+    ):
         self.root = Path(root)
+        self.fps = output_fps(float(DROID_FPS), fps, "DROID's RLDS release")
         self._listing_threads = max(LISTING_THREADS, workers_hint or 0)
         if not self.root.is_dir():
             raise ClapDataError(f"source folder {self.root} does not exist")
@@ -184,6 +199,13 @@ class DroidRldsSource:
                 f"{self.root} holds TFRecord shards in several folders ({', '.join(folders)}); "
                 "point it at one dataset version folder such as droid/1.0.1"
             )
+        # Two files naming one shard of a split (another zero padding, another shard total) would
+        # list its episodes twice.
+        occurrences = []
+        for shard in shards:
+            prefix, index, _ = _shard_fields(shard)
+            occurrences.append((f"{prefix} #{index}", str(shard)))
+        check_unique(occurrences, f"the RLDS folder {self.root}", "shard")
         return shards
 
     def _declared_shard_lengths(self, path: Path) -> dict[tuple[str, int], int]:
@@ -238,7 +260,10 @@ class DroidRldsSource:
                 self.notices.append(f"{count} of the {total} shards of {prefix} are present; only those are ingested")
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.name, "layout": "rlds", "root": str(self.root.resolve()), "cameras": list(self.cameras)}
+        return {
+            "source": self.name, "layout": "rlds", "root": str(self.root.resolve()), "cameras": list(self.cameras),
+            "fps": self.fps,
+        }
 
     # --- listing ---------------------------------------------------------------------------
 
@@ -286,8 +311,11 @@ class DroidRldsSource:
         reject = _Rejector(ref)
         steps = self._step_count(example, reject)
         self._check_step_flags(example, steps, reject)
-        cartesian = _floats(example, CARTESIAN, steps, 6, reject)
-        gripper = _floats(example, GRIPPER, steps, 1, reject)[:, 0]
+        # The steps written: all, or (--fps) those nearest in time to the output frames; RLDS has no
+        # timestamps, so step i is at i / 15 s. The action (next state) is taken among the kept steps.
+        picks = np.arange(steps) if self.fps == DROID_FPS else nearest_frames(np.arange(steps) / DROID_FPS, self.fps)
+        cartesian = _floats(example, CARTESIAN, steps, 6, reject)[picks]
+        gripper = _floats(example, GRIPPER, steps, 1, reject)[picks, 0]
         rotation = geometry.euler_to_matrix(cartesian[:, 3:6])
         arm = geometry.arm_pose7(cartesian[:, :3], rotation, geometry.gripper_from_unit_closed1(gripper))
         state, mask = geometry.dual_arm14(None, arm)
@@ -298,9 +326,12 @@ class DroidRldsSource:
             name: _first_text(example, key, steps, reject, required=False) for name, key in ALTERNATIVE_INSTRUCTIONS.items()
         }
         extra.update(file_path=file_path, is_episode_successful=SUCCESS_MARKER in file_path, empty_instruction=instruction == "")
-        videos = {camera: _images(example, CAMERA_KEYS[camera], steps, reject) for camera in self.cameras}
+        videos = {
+            camera: select_frames(_images(example, CAMERA_KEYS[camera], steps, reject), picks, steps)
+            for camera in self.cameras
+        }
         return CanonicalEpisode(
-            state=state, action=action, arm_mask=mask, tasks=[instruction] * steps, subtasks=[""] * steps,
+            state=state, action=action, arm_mask=mask, tasks=[instruction] * len(picks), subtasks=[""] * len(picks),
             videos=videos, extra=extra,
         )
 

@@ -38,6 +38,8 @@ Decisions (the CLAP/UniVLA recipe, FORMATS.md and METHOD.md §1):
   starts before frame 0 or ends past the clip's last frame), ``no_clip`` (no clip_uid),
   ``missing_file`` (the clip is not in the download). A clip that does not decode is reported by
   the conversion step. Absent flags count as the harmless value.
+- **Duplicates.** A narrated action ``uid`` listed twice in fho_main.json (a repeated video or
+  interval) stops the listing, naming both places: it would otherwise be ingested twice.
 - **fps.** Canonical Ego4D clips are 30 fps. Each video's ``video_metadata.fps`` in ego4d.json,
   rounded (LeRobot stores an integer), is its clips' fps; a video that ego4d.json does not list
   (or a missing ego4d.json) is taken as 30 fps. The dataset's fps is the most common one among the
@@ -71,6 +73,7 @@ import numpy as np
 
 from clap_data.errors import ClapDataError
 from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, VideoWindow, require_file
+from clap_data.sources.metadata_io import check_unique
 
 EMBODIMENT = "human"
 CANONICAL_FPS = 30
@@ -273,7 +276,7 @@ class Ego4DSource:
         path = self.root / FHO_MAIN_FILE
         data = _read_json(path, "annotation file", _slim_fho_object)
         videos = _list_of(data.get("videos") if isinstance(data, dict) else None, path, "'videos'")
-        actions = []
+        actions, uids = [], []
         for v, video in enumerate(videos):
             if not isinstance(video, dict) or not isinstance(video.get("video_uid"), str):
                 raise ClapDataError(f"{path} videos[{v}] has no video_uid")
@@ -287,6 +290,10 @@ class Ego4DSource:
                     if not isinstance(action, dict):
                         raise ClapDataError(f"{path} {where}.narrated_actions[{a}] is not an object")
                     actions.append((video["video_uid"], clip_uid, f"{video['video_uid']}:{i}:{a}", action))
+                    if isinstance(action.get("uid"), str) and action["uid"]:
+                        uids.append((action["uid"], f"{where}.narrated_actions[{a}]"))
+        # An action listed twice (a video or interval repeated) would become two episodes.
+        check_unique(uids, f"annotation file {path}", "narrated action uid")
         self._fill_narrations(actions)
         return actions
 

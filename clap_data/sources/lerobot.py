@@ -13,6 +13,9 @@ Decisions:
   ports repeat episode metadata on every row). ``empty_instruction`` is always added: True when
   no frame of the episode has a non-blank instruction. Such episodes are kept (FORMATS.md).
 - Video features the mapping does not name are not ingested, and a notice says so.
+- ``fps`` (``--fps``) resamples every episode onto that rate: each output frame keeps the source
+  frame nearest in time (by the parquet timestamps), in every stream and camera; a declared rate
+  that is not a whole number is refused without it (LeRobot v3 stores an integer).
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ import pyarrow as pa
 
 from clap_data import geometry
 from clap_data.errors import ClapDataError
-from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected
+from clap_data.sources.base import (
+    CanonicalEpisode,
+    EpisodeRef,
+    EpisodeRejected,
+    VideoInput,
+    nearest_frames,
+    select_frames,
+)
 from clap_data.sources.lerobot_layout import LayoutEpisode, LeRobotLayout, column_matrix
 from clap_data.sources.mapping import (
     EMPTY_INSTRUCTION,
@@ -38,6 +48,7 @@ from clap_data.sources.mapping import (
     check_mapping_columns,
     load_mapping,
 )
+from clap_data.sources.metadata_io import output_fps
 
 # A quaternion or matrix this far from unit norm / orthonormal is a mis-mapped column, not noise.
 UNIT_TOLERANCE = 0.1
@@ -83,13 +94,19 @@ class LeRobotSource:
 
     name = "lerobot"
 
-    def __init__(self, root: Path, mapping: SourceMapping | str | Path, cameras: Sequence[str] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        mapping: SourceMapping | str | Path,
+        cameras: Sequence[str] | None = None,
+        fps: int | None = None,
+    ):
         self.mapping = mapping if isinstance(mapping, SourceMapping) else load_mapping(Path(mapping))
         self._layout = LeRobotLayout(Path(root))
         self.root = self._layout.root
         check_mapping_columns(self.mapping, self._layout.features)
         self.embodiment = self.mapping.embodiment
-        self.fps = self._layout.fps
+        self.fps = output_fps(self._layout.fps, fps, self._layout.info.where)
         self.notices: list[str] = [
             f"video {key} is not mapped to a unified camera and is not ingested"
             for key in self._layout.video_keys
@@ -126,6 +143,7 @@ class LeRobotSource:
             "codebase_version": self._layout.version,
             "embodiment": self.embodiment,
             "cameras": list(self.cameras),
+            "fps": self.fps,
             "mapping": dataclasses.asdict(self.mapping),
         }
 
@@ -138,29 +156,47 @@ class LeRobotSource:
 
     def read_episode(self, ref: EpisodeRef) -> CanonicalEpisode:
         episode = LayoutEpisode.from_details(ref.details)
-        videos = {camera: self._layout.video_window(episode, self.mapping.cameras[camera]) for camera in self.cameras}
+        videos: dict[str, VideoInput] = {
+            camera: self._layout.video_window(episode, self.mapping.cameras[camera]) for camera in self.cameras
+        }
         table = self._layout.read_rows(episode, self._columns)
         relative = episode.data_file
         self._layout.check_clock(table, relative)
+        # The frames written: all of them, or (--fps) those nearest in time to the output frames.
+        # Values are checked at every source row (reasons name those), then these rows are kept.
+        picks = np.arange(table.num_rows)
+        if self.fps != self._layout.fps:
+            picks = nearest_frames(table.column("timestamp").to_numpy(), self.fps)
+            videos = {camera: select_frames(window, picks, table.num_rows) for camera, window in videos.items()}
         matrices = {name: column_matrix(table, name, relative) for name in dict.fromkeys(r.name for r in self.mapping.column_refs())}
-        left, right = (self._arm(slot, matrices, relative) for slot in ("left", "right"))
+        left, right = (self._arm(slot, matrices, relative, picks) for slot in ("left", "right"))
         state, mask = geometry.dual_arm14(left[0] if left else None, right[0] if right else None)
         action, _ = geometry.dual_arm14(left[1] if left else None, right[1] if right else None)
-        tasks = self._instructions(table, relative)
-        subtasks = self._strings(table, self.mapping.subtask, relative) if self.mapping.subtask else [""] * len(tasks)
+        instructions = self._instructions(table, relative)
+        tasks = [instructions[i] for i in picks]
+        subtasks = [""] * len(tasks)
+        if self.mapping.subtask:
+            every_subtask = self._strings(table, self.mapping.subtask, relative)
+            subtasks = [every_subtask[i] for i in picks]
         extra = {name: self._first_value(table, column, relative) for name, column in self.mapping.extra.items()}
         extra[EMPTY_INSTRUCTION] = not any(task.strip() for task in tasks)
-        return CanonicalEpisode(state=state, action=action, arm_mask=mask, tasks=tasks, subtasks=subtasks, videos=videos, extra=extra)
+        return CanonicalEpisode(
+            state=state, action=action, arm_mask=mask, tasks=tasks, subtasks=subtasks, videos=videos, extra=extra
+        )
 
-    def _arm(self, slot: str, matrices: dict[str, np.ndarray], relative: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """(state, action) ``[N, 7]`` of one arm slot, or None if the mapping has no such arm."""
+    def _arm(
+        self, slot: str, matrices: dict[str, np.ndarray], relative: str, picks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(state, action) ``[frames, 7]`` of one arm slot at the source rows ``picks``, or None if
+        the mapping has no such arm. ``next_state`` is taken among the kept frames: the action of
+        a frame is the state of the next frame written."""
         arm = self.mapping.arms.get(slot)
         if arm is None:
             return None
-        state = self._pose7(arm.state, matrices, relative)
+        state = self._pose7(arm.state, matrices, relative)[picks]
         if arm.action is None:
             return state, np.concatenate([state[1:], state[-1:]], axis=0)
-        return state, self._pose7(arm.action, matrices, relative)
+        return state, self._pose7(arm.action, matrices, relative)[picks]
 
     def _values(self, ref: ColumnRef, matrices: dict[str, np.ndarray], relative: str) -> np.ndarray:
         matrix = matrices[ref.name]

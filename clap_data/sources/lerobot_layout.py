@@ -6,7 +6,7 @@ one episode, so this module reads the layout directly and touches only that epis
 
 - **v2.0 / v2.1**: episodes are listed in ``meta/episodes.jsonl``; each episode has its own
   parquet file and one mp4 per camera (``data_path`` / ``video_path`` templates of
-  ``meta/info.json``, formatted with ``episode_chunk = episode_index // chunks_size``).
+  ``meta/info.json``, formatted with the line's ``episode_chunk``, else ``episode_index // chunks_size``).
 - **v3.0**: episodes are listed in ``meta/episodes/chunk-*/file-*.parquet``; many episodes share a
   data file (the rows whose global ``index`` is in ``[dataset_from_index, dataset_to_index)``,
   read with a row filter so other episodes' row groups are skipped) and a video file per camera
@@ -14,7 +14,12 @@ one episode, so this module reads the layout directly and touches only that epis
   encodes every episode separately before concatenating, so that frame is a keyframe).
 
 The v2 and v3 templates name their fields differently (``episode_chunk`` vs ``chunk_index``), and
-both are taken from ``meta/info.json`` rather than assumed, as FORMATS.md asks.
+both are taken from ``meta/info.json`` rather than assumed, as FORMATS.md asks. Nothing there is
+trusted (:mod:`clap_data.sources.metadata_io`): entries are checked for presence and type, no
+episode or task index may be listed twice, filled-in templates must stay inside the dataset
+folder, and ``fps`` must be a positive number, which each episode's timestamps must follow
+(``fps_mismatch`` otherwise). The declared rate is kept as given (:attr:`LeRobotLayout.fps`, maybe
+29.97); whether it can be written as it is, or must be resampled, is the source's decision.
 """
 
 from __future__ import annotations
@@ -29,8 +34,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clap_data.errors import ClapDataError
-from clap_data.sources.base import EpisodeRejected, VideoWindow, require_file
-from clap_data.sources.metadata_io import read_json, read_jsonl
+from clap_data.sources.base import EpisodeRejected, VideoWindow, require_file, require_frame_rate
+from clap_data.sources.metadata_io import (
+    check_unique,
+    entry,
+    layout_info,
+    read_episode_list,
+    read_json_object,
+    read_task_list,
+)
 
 INFO_PATH = "meta/info.json"
 V2_EPISODES_PATH = "meta/episodes.jsonl"
@@ -102,31 +114,18 @@ class LeRobotLayout:
         if not self.root.is_dir():
             raise ClapDataError(f"source folder {self.root} does not exist")
         info_path = self.root / INFO_PATH
-        info = read_json(info_path, "metadata file", "is this a LeRobot dataset?")
-        if not isinstance(info, dict):
-            raise ClapDataError(f"metadata file {info_path} is not a JSON object")
+        info = read_json_object(info_path, "metadata file", "is this a LeRobot dataset?")
         self.version = str(info.get("codebase_version", ""))
         if self.version not in SUPPORTED_VERSIONS:
             raise ClapDataError(
                 f"{info_path} declares codebase_version {info.get('codebase_version')!r}; "
                 f"the LeRobot reader supports {', '.join(SUPPORTED_VERSIONS)}"
             )
-        try:
-            self.fps = int(info["fps"])
-            self.data_path = str(info["data_path"])
-            self.video_path = str(info.get("video_path") or "")
-            self.chunks_size = int(info.get("chunks_size", 1000))
-            self.features: dict[str, dict[str, Any]] = {str(k): dict(v) for k, v in dict(info["features"]).items()}
-        except KeyError as exc:
-            raise ClapDataError(f"metadata file {info_path} has no {exc} entry") from None
-        except (TypeError, ValueError) as exc:
-            raise ClapDataError(f"metadata file {info_path} has an unusable fps, chunks_size or features entry ({exc})") from None
-        if self.fps <= 0:
-            raise ClapDataError(f"metadata file {info_path} declares fps {self.fps}; it must be positive")
+        self.info = layout_info(info, f"metadata file {info_path}")
+        self.fps = self.info.fps  # as declared, maybe not whole: the clock the episodes' timestamps follow
+        self.features = self.info.features
         self.robot_type = info.get("robot_type")
-        self.video_keys = tuple(key for key, ft in self.features.items() if ft.get("dtype") == "video")
-        if self.video_keys and not self.video_path:
-            raise ClapDataError(f"metadata file {info_path} declares video features but no video_path")
+        self.video_keys = self.info.video_keys
 
     @property
     def is_v3(self) -> bool:
@@ -135,39 +134,28 @@ class LeRobotLayout:
     def tasks(self) -> dict[int, str]:
         """``task_index`` → task text, from ``meta/tasks.parquet`` (v3) or ``meta/tasks.jsonl`` (v2)."""
         if self.is_v3:
-            table = _read_parquet_meta(self.root / V3_TASKS_PATH, ["task_index", "task"], "task list")
-            return {int(i): str(t) for i, t in zip(table.column("task_index").to_pylist(), table.column("task").to_pylist(), strict=True)}
-        rows = read_jsonl(self.root / V2_TASKS_PATH, "task list")
-        try:
-            return {int(row["task_index"]): str(row["task"]) for row in rows}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ClapDataError(f"task list {self.root / V2_TASKS_PATH} has an entry without a usable {exc}") from None
+            path = self.root / V3_TASKS_PATH
+            table = _read_parquet_meta(path, ["task_index", "task"], "task list")
+            indices, tasks = table.column("task_index").to_pylist(), table.column("task").to_pylist()
+            if None in indices or None in tasks or not all(isinstance(i, int) for i in indices):
+                raise ClapDataError(f"task list {path} has a row without an integer task_index or a task")
+            rows = ((index, f"row {row}") for row, index in enumerate(indices))
+            check_unique(rows, f"task list {path}", "task_index")
+            return {index: str(task) for index, task in zip(indices, tasks, strict=True)}
+        return read_task_list(self.root / V2_TASKS_PATH)
 
     def episodes(self, video_keys: tuple[str, ...]) -> list[LayoutEpisode]:
         """Every listed episode in ``episode_index`` order, with the frames of ``video_keys``."""
         episodes = self._v3_episodes(video_keys) if self.is_v3 else self._v2_episodes(video_keys)
-        seen: set[int] = set()
-        for episode in episodes:
-            if episode.index in seen:
-                raise ClapDataError(f"the episode metadata of {self.root} lists episode {episode.index} twice")
-            seen.add(episode.index)
         return sorted(episodes, key=lambda e: e.index)
 
     def _v2_episodes(self, video_keys: tuple[str, ...]) -> list[LayoutEpisode]:
-        path = self.root / V2_EPISODES_PATH
         episodes = []
-        for number, row in enumerate(read_jsonl(path, "episode list"), start=1):
-            try:
-                index, length, tasks = int(row["episode_index"]), int(row["length"]), tuple(str(t) for t in row.get("tasks", []))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ClapDataError(f"episode list {path} line {number} lacks a usable {exc} entry") from None
-            chunk = index // self.chunks_size
-            videos = {
-                key: (self.video_path.format(episode_chunk=chunk, video_key=key, episode_index=index), 0, None)
-                for key in video_keys
-            }
-            data_file = self.data_path.format(episode_chunk=chunk, episode_index=index)
-            episodes.append(LayoutEpisode(index, length, tasks, data_file, None, videos))
+        for listed in read_episode_list(self.root / V2_EPISODES_PATH, self.info.chunks_size):
+            fields = {"episode_chunk": listed.chunk, "episode_index": listed.index}
+            videos = {key: (self.info.video_file(self.root, video_key=key, **fields), 0, None) for key in video_keys}
+            data_file = self.info.data_file(self.root, **fields)
+            episodes.append(LayoutEpisode(listed.index, listed.length, listed.tasks, data_file, None, videos))
         return episodes
 
     def _v3_episodes(self, video_keys: tuple[str, ...]) -> list[LayoutEpisode]:
@@ -179,27 +167,36 @@ class LeRobotLayout:
             "episode_index", "tasks", "length", "data/chunk_index", "data/file_index",
             "dataset_from_index", "dataset_to_index", *video_columns,
         ]
-        episodes = []
+        episodes, places = [], []
         for path in files:
-            for row in _read_parquet_meta(path, columns, "episode metadata file").to_pylist():
+            for number, row in enumerate(_read_parquet_meta(path, columns, "episode metadata file").to_pylist()):
+                where = f"episode metadata file {path} row {number}"
                 if any(row[c] is None for c in columns if c != "tasks"):
-                    raise ClapDataError(f"episode metadata file {path} has an episode with empty fields")
-                index = int(row["episode_index"])
+                    raise ClapDataError(f"{where} has empty fields")
+                numbers = {
+                    c: entry(row, c, "integer", where, minimum=0)
+                    for c in columns if not c.endswith(("tasks", "from_timestamp"))
+                }
+                index, length = numbers["episode_index"], numbers["length"]
                 videos = {
                     key: (
-                        self.video_path.format(
-                            video_key=key,
-                            chunk_index=row[f"videos/{key}/chunk_index"],
-                            file_index=row[f"videos/{key}/file_index"],
+                        self.info.video_file(
+                            self.root, video_key=key,
+                            chunk_index=numbers[f"videos/{key}/chunk_index"],
+                            file_index=numbers[f"videos/{key}/file_index"],
                         ),
-                        round(float(row[f"videos/{key}/from_timestamp"]) * self.fps),
-                        int(row["length"]),
+                        round(entry(row, f"videos/{key}/from_timestamp", "number", where) * self.fps),
+                        length,
                     )
                     for key in video_keys
                 }
-                data_file = self.data_path.format(chunk_index=row["data/chunk_index"], file_index=row["data/file_index"])
-                rows = (int(row["dataset_from_index"]), int(row["dataset_to_index"]))
-                episodes.append(LayoutEpisode(index, int(row["length"]), tuple(row["tasks"] or ()), data_file, rows, videos))
+                data_file = self.info.data_file(
+                    self.root, chunk_index=numbers["data/chunk_index"], file_index=numbers["data/file_index"]
+                )
+                rows = (numbers["dataset_from_index"], numbers["dataset_to_index"])
+                episodes.append(LayoutEpisode(index, length, tuple(row["tasks"] or ()), data_file, rows, videos))
+                places.append((index, f"{path.relative_to(self.root)} row {number}"))
+        check_unique(places, f"the episode metadata of {self.root}", "episode_index")
         return episodes
 
     def video_window(self, episode: LayoutEpisode, key: str) -> VideoWindow:
@@ -249,16 +246,18 @@ class LeRobotLayout:
                 "frame_index", relative,
                 f"data file {relative} has frame_index {frame_index[row]} at row {row}: frames are missing or out of order",
             )
-        timestamps = table.column("timestamp").to_numpy().astype(np.float64)
+        stored = table.column("timestamp").to_numpy()
+        timestamps = stored.astype(np.float64)
         if not np.isfinite(timestamps).all():
             raise EpisodeRejected("timestamps", relative, f"data file {relative} has NaN or Inf timestamps")
+        require_frame_rate(stored, self.fps, relative, f"data file {relative}", INFO_PATH)
         drift = np.abs(timestamps - expected / self.fps)
         if (drift > TIMESTAMP_TOLERANCE_S).any():
             row = int(np.argmax(drift > TIMESTAMP_TOLERANCE_S))
             raise EpisodeRejected(
                 "timestamps", relative,
                 f"data file {relative} has timestamp {timestamps[row]:.6f} at frame {row}, "
-                f"not {row / self.fps:.6f} (frame_index / fps at {self.fps} fps)",
+                f"not {row / self.fps:.6f} (frame_index / fps at {self.fps:g} fps)",
             )
 
 

@@ -22,6 +22,7 @@ class SourceOptions:
     force_known_bad: bool = False
     gripper_open_mm: float | None = None
     mapping: Path | None = None
+    fps: int | None = None  # resample every episode onto this rate (nearest source frame in time)
 
 
 # option name -> the sources it applies to
@@ -32,6 +33,7 @@ _APPLIES_TO: dict[str, frozenset[str]] = {
     "force_known_bad": frozenset({"agibot"}),
     "gripper_open_mm": frozenset({"agibot"}),
     "mapping": frozenset({"lerobot"}),
+    "fps": frozenset({"astribot", "droid", "lerobot"}),
 }
 
 
@@ -42,7 +44,7 @@ class OptionError(ValueError):
 def _astribot(root: Path, options: SourceOptions) -> Source:
     from clap_data.sources.astribot import AstribotSource
 
-    return AstribotSource(root, cameras=options.cameras)
+    return AstribotSource(root, cameras=options.cameras, fps=options.fps)
 
 
 def _agibot(root: Path, options: SourceOptions) -> Source:
@@ -57,7 +59,7 @@ def _agibot(root: Path, options: SourceOptions) -> Source:
 def _droid(root: Path, options: SourceOptions) -> Source:
     from clap_data.sources.droid import DroidSource
 
-    return DroidSource(root, cameras=options.cameras)
+    return DroidSource(root, cameras=options.cameras, fps=options.fps)
 
 
 def _lerobot(root: Path, options: SourceOptions) -> Source:
@@ -65,7 +67,7 @@ def _lerobot(root: Path, options: SourceOptions) -> Source:
 
     if options.mapping is None:
         raise OptionError("ingest lerobot needs --mapping FILE (see docs/lerobot_mapping.md)")
-    return LeRobotSource(root, options.mapping, cameras=options.cameras)
+    return LeRobotSource(root, options.mapping, cameras=options.cameras, fps=options.fps)
 
 
 def _ego4d(root: Path, options: SourceOptions) -> Source:

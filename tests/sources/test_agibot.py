@@ -302,6 +302,9 @@ def test_segments_reaching_past_the_episode_are_clipped(src):
         (lambda e: e["label_info"]["action_config"].append({"start_frame": 5, "end_frame": 9, "action_text": "x", "skill": "X"}),
          "action_config segments [1, 13) and [5, 9) overlap"),
         (lambda e: e["label_info"]["action_config"][0].update(end_frame=1), "action_config segment 0 [1, 1) is empty or reversed"),
+        (lambda e: e["label_info"]["action_config"][0].update(start_frame=-5),
+         "task file task_info/task_327.json: episode 632700 action_config segment 0 [-5, 13) starts at frame -5, "
+         "before the episode's first frame 0"),
         (lambda e: e["label_info"]["action_config"][1].update(start_frame="15"), "action_config segment 1 lacks integer frames"),
         (lambda e: e.pop("task_name"), "episode 632700 has no task_name"),
     ],
@@ -504,7 +507,7 @@ def test_not_an_agibot_tree(tmp_path):
         ("{not json", r"task file .*task_327.json cannot be read"),
         ('{"episode_id": 1}', r"task file .*task_327.json is not a JSON list of episodes"),
         ('[{"task_name": "x"}]', r"task file .*task_327.json entry 0 has no episode_id"),
-        ('[{"episode_id": 5}, {"episode_id": "5"}]', r"task file .*task_327.json lists episode 5 twice"),
+        ('[{"episode_id": 5}, {"episode_id": "5"}]', r"task file .*task_327.json lists episode_id '5' twice \(entry 0 and entry 1\)"),
     ],
 )
 def test_garbled_task_info_stops_the_run(src, content, message):

@@ -153,7 +153,7 @@ def test_describe_and_pickle(port):
     described = source.describe()
     assert {k: v for k, v in described.items() if k != "mapping"} == {
         "source": "droid", "layout": "lerobot", "root": str(port.resolve()), "codebase_version": "v3.0",
-        "embodiment": "droid", "cameras": ["head", "wrist_right"],
+        "embodiment": "droid", "cameras": ["head", "wrist_right"], "fps": 15,
     }
     assert described["mapping"]["origin"] == "built-in DROID mapping"
     assert described["mapping"]["arms"]["right"]["state"]["rotation"] == {
@@ -172,8 +172,8 @@ def test_rlds_shards_are_handed_to_the_rlds_reader(tmp_path, monkeypatch):
     calls = []
 
     class FakeRlds:
-        def __init__(self, root, cameras=None, workers_hint=None):
-            calls.append((root, cameras, workers_hint))
+        def __init__(self, root, cameras=None, workers_hint=None, fps=None):
+            calls.append((root, cameras, workers_hint, fps))
             self.root, self.embodiment, self.fps, self.cameras, self.notices = root, "droid", 15, ("head",), ["rlds"]
 
         def describe(self):
@@ -181,7 +181,7 @@ def test_rlds_shards_are_handed_to_the_rlds_reader(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "clap_data.sources.droid_rlds", types.SimpleNamespace(DroidRldsSource=FakeRlds))
     source = DroidSource(tmp_path / "droid_rlds", cameras=["head"], workers_hint=4)
-    assert calls == [(tmp_path / "droid_rlds", ["head"], 4)]
+    assert calls == [(tmp_path / "droid_rlds", ["head"], 4, None)]
     assert (source.layout, source.cameras, source.notices, source.fps) == ("rlds", ("head",), ["rlds"], 15)
     assert source.describe() == {"source": "droid", "root": str(tmp_path / "droid_rlds"), "layout": "rlds"}
 
@@ -206,3 +206,32 @@ def test_a_port_without_the_language_column(port, tmp_path):
     with pytest.raises(MappingError, match="^mapping built-in DROID mapping: instruction refers to column 'language_instruction', "
                        "which meta/info.json does not declare$"):
         DroidSource(root)
+
+
+def test_fps_option_resamples_the_port_and_takes_the_next_state_among_kept_frames(port):
+    """15 fps onto 5: the frames nearest k / 5 s are every third one; DROID's action is the next
+    state, which after resampling is the state of the next frame written, not of the next source row."""
+    full, slow = DroidSource(port), DroidSource(port, fps=5)
+    assert (slow.fps, slow.describe()["fps"]) == (5, 5)
+    ref = slow.list_episodes()[2]  # 14 frames, the third episode of the first video file
+    original, resampled = full.read_episode(ref), slow.read_episode(ref)
+    picks = [0, 3, 6, 9, 12]
+    np.testing.assert_array_equal(resampled.state, original.state[picks])
+    np.testing.assert_array_equal(resampled.action[:-1], resampled.state[1:])
+    np.testing.assert_array_equal(resampled.action[-1], resampled.state[-1])
+    assert resampled.tasks == [original.tasks[i] for i in picks]
+    window, source_window = resampled.videos["head"], original.videos["head"]
+    assert (window.path, window.start, window.count, window.frames) == (source_window.path, 21, 14, tuple(picks))
+
+
+def test_a_fractional_port_rate_is_refused_with_the_resampling_hint(port, tmp_path):
+    root = copy_source(port, tmp_path / "src")
+    info = json.loads((root / "meta/info.json").read_text())
+    info["fps"] = 14.985
+    (root / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(ClapDataError) as error:
+        DroidSource(root)
+    assert str(error.value) == (
+        f"metadata file {root / 'meta/info.json'} declares fps 14.985, but a LeRobot v3 dataset stores a whole number "
+        "of frames per second; pass --fps 15 to resample onto 15 fps"
+    )

@@ -241,7 +241,7 @@ def test_partial_download_and_missing_metadata(tmp_path):
 
 def test_describe(droid):
     assert DroidRldsSource(droid).describe() == {
-        "source": "droid", "layout": "rlds", "root": str(droid.resolve()), "cameras": ["head", "wrist_right"],
+        "source": "droid", "layout": "rlds", "root": str(droid.resolve()), "cameras": ["head", "wrist_right"], "fps": 15,
     }
 
 
@@ -406,3 +406,31 @@ def test_droid_source_dispatches_rlds_shards_here(droid):
     refs = source.list_episodes()
     assert [r.source_episode for r in refs][:1] == ["droid-train.tfrecord-00000-of-00002#0"]
     assert set(source.read_episode(refs[0]).videos) == {"head"}
+
+
+# --- listing duplicates and --fps ----------------------------------------------------------------
+
+
+def test_two_files_naming_one_shard_are_refused(droid, tmp_path):
+    """A second copy of a shard under another zero padding would list its episodes twice."""
+    root = copy_source(droid, tmp_path / "src")
+    copy = "droid/1.0.1/droid-train.tfrecord-001-of-00002"
+    shutil.copyfile(root / SHARD_1, root / copy)
+    with pytest.raises(ClapDataError) as error:
+        DroidRldsSource(root)
+    assert str(error.value) == (
+        f"the RLDS folder {root} lists shard 'droid-train #1' twice ({SHARD_1} and {copy}); each may appear only once"
+    )
+
+
+def test_fps_option_keeps_the_nearest_steps_and_their_images(droid):
+    """RLDS has no timestamps: step i is at i / 15 s. 20 steps onto 5 fps keep every third step."""
+    full, slow = DroidRldsSource(droid), DroidRldsSource(droid, fps=5)
+    assert (slow.fps, slow.describe()["fps"]) == (5, 5)
+    ref = slow.list_episodes()[0]
+    original, resampled = full.read_episode(ref), slow.read_episode(ref)
+    picks = [0, 3, 6, 9, 12, 15, 18]
+    np.testing.assert_array_equal(resampled.state, original.state[picks])
+    np.testing.assert_array_equal(resampled.action[:-1], resampled.state[1:])
+    assert resampled.videos["head"] == ImageSequence(tuple(original.videos["head"].images[i] for i in picks))
+    assert len(resampled.tasks) == len(resampled.subtasks) == 7

@@ -14,7 +14,13 @@ import av
 import pytest
 
 from clap_data.errors import ClapDataError
-from clap_data.factories.ego4d import clip_path, default_ego4d_plan, read_frame_marks, scaled_ego4d_plan, write_ego4d_dataset
+from clap_data.factories.ego4d import (
+    clip_path,
+    default_ego4d_plan,
+    read_frame_marks,
+    scaled_ego4d_plan,
+    write_ego4d_dataset,
+)
 from clap_data.sources.base import EpisodeRef, EpisodeRejected, VideoWindow
 from clap_data.sources.ego4d import Ego4DSource, narration_instruction
 from clap_data.video import iter_rgb_frames
@@ -511,3 +517,22 @@ def test_listing_is_cheap_in_memory_and_ships_small_to_workers(tmp_path):
     assert pickle.loads(pickle.dumps(source)).fps == 30
     # No clip exists, yet every ref carries its window: listing never opens a clip.
     assert refs[0].details["window"] == [0, 39]
+
+
+def test_a_narrated_action_listed_twice_is_refused(writable):
+    """A repeated interval would ingest its actions twice; the message names both places."""
+    def repeat_interval(data: dict[str, Any]) -> None:
+        intervals = data["videos"][0]["annotated_intervals"]
+        intervals.append(intervals[0])
+
+    edit_json(writable, FHO, repeat_interval)
+    data = json.loads((writable / FHO).read_text())
+    uid = data["videos"][0]["annotated_intervals"][0]["narrated_actions"][0]["uid"]
+    repeated = len(data["videos"][0]["annotated_intervals"]) - 1
+    with pytest.raises(ClapDataError) as error:
+        Ego4DSource(writable)
+    assert str(error.value) == (
+        f"annotation file {writable / FHO} lists narrated action uid {uid!r} twice "
+        "(videos[0].annotated_intervals[0].narrated_actions[0] and "
+        f"videos[0].annotated_intervals[{repeated}].narrated_actions[0]); each may appear only once"
+    )

@@ -147,7 +147,7 @@ def test_unsupported_version_and_bad_info(v21, tmp_path):
     with pytest.raises(ClapDataError, match="declares codebase_version 'v1.6'; the LeRobot reader supports v2.0, v2.1, v3.0"):
         LeRobotLayout(root)
     _write_info(root, codebase_version="v2.1", fps="fast")
-    with pytest.raises(ClapDataError, match=r"has an unusable fps, chunks_size or features entry \(invalid literal"):
+    with pytest.raises(ClapDataError, match=r"info.json declares fps 'fast' \(a string\); it must be a positive number of frames per second"):
         LeRobotLayout(root)
     _write_info(root, fps=15)
     info = json.loads((root / "meta/info.json").read_text())
@@ -180,10 +180,10 @@ def test_v21_bad_episode_line_and_duplicates(v21, tmp_path):
     with pytest.raises(ClapDataError, match="episodes.jsonl line 2 is not valid JSON"):
         LeRobotLayout(root).episodes(())
     (root / "meta/episodes.jsonl").write_text("\n".join([lines[0], lines[0]]) + "\n")
-    with pytest.raises(ClapDataError, match="lists episode 0 twice"):
+    with pytest.raises(ClapDataError, match=r"episodes.jsonl lists episode_index 0 twice \(line 1 and line 2\)"):
         LeRobotLayout(root).episodes(())
     (root / "meta/episodes.jsonl").write_text('{"episode_index": 0}\n')
-    with pytest.raises(ClapDataError, match="line 1 lacks a usable 'length' entry"):
+    with pytest.raises(ClapDataError, match="episodes.jsonl line 1 has no 'length' entry"):
         LeRobotLayout(root).episodes(())
 
 
@@ -290,3 +290,88 @@ def test_empty_episode(v21, tmp_path):
     rejected = _reject(root, 1)
     assert rejected.category == "empty"
     assert rejected.reason == "data file data/chunk-000/episode_000001.parquet has no rows for episode 1"
+
+
+# --- Metadata is validated, not trusted -------------------------------------------------------
+
+
+def test_v3_episode_listed_in_two_metadata_files_is_refused(v3, tmp_path):
+    root = copy_source(v3, tmp_path / "src")
+    first, second = root / "meta/episodes/chunk-000/file-000.parquet", root / "meta/episodes/chunk-000/file-001.parquet"
+    pq.write_table(pa.concat_tables([pq.read_table(second), pq.read_table(first).slice(0, 1)]), second)
+    with pytest.raises(ClapDataError) as error:
+        LeRobotLayout(root).episodes((WRIST,))
+    assert str(error.value) == (
+        f"the episode metadata of {root} lists episode_index 0 twice (meta/episodes/chunk-000/file-000.parquet row 0 "
+        "and meta/episodes/chunk-000/file-001.parquet row 2); each may appear only once"
+    )
+
+
+def test_v21_task_listed_twice_is_refused(v21, tmp_path):
+    root = copy_source(v21, tmp_path / "src")
+    path = root / "meta/tasks.jsonl"
+    path.write_text(path.read_text() + json.dumps({"task_index": 0, "task": "another text"}) + "\n")
+    with pytest.raises(ClapDataError) as error:
+        LeRobotLayout(root).tasks()
+    assert str(error.value) == (
+        f"task list {path} lists task_index 0 twice (line 1 and line 3); each may appear only once"
+    )
+
+
+def test_v3_task_listed_twice_is_refused(v3, tmp_path):
+    root = copy_source(v3, tmp_path / "src")
+    path = root / "meta/tasks.parquet"
+    table = pq.read_table(path)
+    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), path)
+    index = table.column("task_index")[0].as_py()
+    with pytest.raises(ClapDataError) as error:
+        LeRobotLayout(root).tasks()
+    assert str(error.value) == (
+        f"task list {path} lists task_index {index} twice (row 0 and row {table.num_rows}); each may appear only once"
+    )
+
+
+def test_v3_video_template_escaping_the_source_is_refused(v3, tmp_path):
+    root = copy_source(v3, tmp_path / "src")
+    template = "../outside_videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    _write_info(root, video_path=template)
+    with pytest.raises(ClapDataError) as error:
+        LeRobotLayout(root).episodes((WRIST,))
+    outside = tmp_path / f"outside_videos/{WRIST}/chunk-000/file-000.mp4"
+    assert str(error.value) == (
+        f"metadata file {root / 'meta/info.json'}: video_path {template!r} resolves to {outside}, "
+        f"outside the source folder {root}; path templates must stay inside --src"
+    )
+
+
+def test_features_that_are_not_an_object_are_refused(v21, tmp_path):
+    root = copy_source(v21, tmp_path / "src")
+    _write_info(root, features=["observation.state.gripper_position"])
+    with pytest.raises(ClapDataError) as error:
+        LeRobotLayout(root)
+    assert str(error.value) == (
+        f"metadata file {root / 'meta/info.json'}: features must be a JSON object, "
+        "not ['observation.state.gripper_position'] (a list)"
+    )
+
+
+def test_timestamps_at_another_rate_than_declared_name_both_rates(v21, tmp_path):
+    root = copy_source(v21, tmp_path / "src")
+    _write_info(root, fps=30)
+    rejected = _reject(root, 0)
+    assert (rejected.category, rejected.file) == ("fps_mismatch", "data/chunk-000/episode_000000.parquet")
+    assert rejected.reason == (
+        "data file data/chunk-000/episode_000000.parquet has timestamps 0.066667 s apart (median), i.e. 15.000 fps, "
+        "but meta/info.json declares fps 30"
+    )
+
+
+def test_a_fractional_rate_is_kept_as_declared_for_the_episode_clock(v21, tmp_path):
+    """The layout reads the clock at the declared rate; the rate written is the source's decision."""
+    root = copy_source(v21, tmp_path / "src")
+    _write_info(root, fps=14.985)
+    _rewrite_column(root / "data/chunk-000/episode_000000.parquet", "timestamp", (np.arange(12) / 14.985).tolist())
+    layout = LeRobotLayout(root)
+    episode = layout.episodes(())[0]
+    assert layout.fps == 14.985
+    layout.check_clock(layout.read_rows(episode, [GRIP]), episode.data_file)
