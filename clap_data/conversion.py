@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clap_data import video
-from clap_data.atomic import building_dir
+from clap_data import __version__, video
+from clap_data.atomic import building_dir, write_text_atomic
 from clap_data.lerobot_v3.stats import image_stats
 from clap_data.schemas import data_arrow_schema, frame_features
-from clap_data.sources.base import CanonicalEpisode, EpisodeRef, EpisodeRejected, ImageSequence, Source, VideoInput, VideoWindow
+from clap_data.sources.base import (
+    CanonicalEpisode,
+    EpisodeRef,
+    EpisodeRejected,
+    ImageSequence,
+    Source,
+    VideoInput,
+    VideoWindow,
+)
 from clap_data.staging import StagingArea
 
 STAGED_FRAMES = "frames.parquet"
@@ -89,24 +98,28 @@ def _frames_table(episode: CanonicalEpisode) -> pa.Table:
 
 
 def _stage_window(window: VideoWindow, relative: str, frames: int, target: Path, fps: int, options: VideoOptions) -> None:
-    """Validate a camera's frames in a video file against the episode and write them, regular-timed."""
+    """Validate a camera's frames in a video file against the episode and write them, regular-timed.
+    A window that selects frames (a resampled episode) is re-encoded with just those frames."""
     probe = video.probe_video(window.path)
     if window.count is None and probe.frame_count != frames:
         raise EpisodeRejected(
             "frame_count", relative, f"video file {relative} has {probe.frame_count} frames but the data file has {frames} rows"
         )
     count = frames if window.count is None else window.count
-    if count != frames:
-        raise EpisodeRejected("frame_count", relative, f"video file {relative}: the episode selects {count} frames for {frames} rows")
+    selected = count if window.frames is None else len(window.frames)
+    if selected != frames:
+        raise EpisodeRejected(
+            "frame_count", relative, f"video file {relative}: the episode selects {selected} frames for {frames} rows"
+        )
     if window.start < 0 or window.start + count > probe.frame_count:
         raise EpisodeRejected(
             "frame_count", relative,
             f"video file {relative} has {probe.frame_count} frames; the episode needs frames {window.start} to {window.start + count - 1}",
         )
     video.check_decodes(window.path, probe, full=options.full_decode, start=window.start, count=count)
-    if options.reencode or not probe.can_copy(window.start):
+    if options.reencode or window.frames is not None or not probe.can_copy(window.start):
         video.reencode(window.path, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop, options.crf,
-                       start=window.start, count=count, probe=probe)
+                       start=window.start, count=count, probe=probe, frames=window.frames)
     else:
         video.copy_window(window.path, target, probe, fps, start=window.start, count=count)
 
@@ -129,6 +142,7 @@ def _stage_video(frames_from: VideoInput, relative: str, frames: int, target: Pa
     except video.VideoError as exc:
         raise EpisodeRejected("bad_video", relative, f"{'' if isinstance(frames_from, ImageSequence) else 'video file '}{relative} {exc}") from None
     return {
+        "source_file": relative,  # what a quarantine at assembly time names (check_episode)
         "image_stats": {name: value.tolist() for name, value in pixels.items()},
         "frame_count": written.frame_count,
         "codec": written.codec,
@@ -146,12 +160,25 @@ def _describe_input(frames_from: VideoInput, source: Source, ref: EpisodeRef, ca
     return str(frames_from.path.relative_to(source.root))
 
 
+def _log_internal_error(source: Source, ref: EpisodeRef, staging: StagingArea) -> str:
+    """Keep the traceback of the exception being handled in the episode's own log file, where it
+    outlives the run (the quarantine keeps one sentence); returns how the reason names it."""
+    log = staging.error_log(ref)
+    header = f"clap-data {__version__}, {source.name} episode {ref.source_episode} ({ref.path}): unexpected error"
+    try:
+        write_text_atomic(log, f"{header}\n{traceback.format_exc()}")
+    except OSError as exc:  # the episode is quarantined all the same
+        return f"its traceback could not be written to {log}: {exc}"
+    return f"traceback in {log}"
+
+
 def convert_episode(source: Source, ref: EpisodeRef, staging: StagingArea, options: VideoOptions) -> EpisodeOutcome:
     """Stage one episode, or quarantine it. Idempotent: a staged episode is not redone."""
     started = time.perf_counter()
     staged = staging.staged_episode(ref)
     if staged is not None:
         return EpisodeOutcome(ref.order, ref.source_episode, "resumed", int(staged["frames"]))
+    staging.clear_quarantine(ref)  # this attempt replaces what an earlier one recorded (an error log too)
     try:
         episode = source.read_episode(ref)
         frames = len(episode.state)
@@ -174,7 +201,6 @@ def convert_episode(source: Source, ref: EpisodeRef, staging: StagingArea, optio
                 "extra": episode.extra,
             }
             (work / STAGED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        staging.clear_quarantine(ref)
         return EpisodeOutcome(ref.order, ref.source_episode, "ok", frames, seconds=time.perf_counter() - started)
     except EpisodeRejected as rejected:
         outcome = EpisodeOutcome(
@@ -182,9 +208,11 @@ def convert_episode(source: Source, ref: EpisodeRef, staging: StagingArea, optio
             rejected.reason, time.perf_counter() - started,
         )
     except Exception as exc:  # one unexpected episode must not sink a 100k-episode run
+        logged = _log_internal_error(source, ref, staging)
         outcome = EpisodeOutcome(
             ref.order, ref.source_episode, "quarantined", 0, "internal_error", ref.path,
-            f"unexpected error while converting {ref.path}: {type(exc).__name__}: {exc}", time.perf_counter() - started,
+            f"unexpected error while converting {ref.path}: {type(exc).__name__}: {exc} ({logged})",
+            time.perf_counter() - started,
         )
     staging.write_quarantine(ref, {k: v for k, v in asdict(outcome).items() if k not in ("status", "frames", "seconds")})
     return outcome

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from clap_data import __version__
 from clap_data.cli import app
 from tests.reference import copy_source
 
@@ -154,3 +155,34 @@ def test_options_of_another_source_exit_2(astribot_src, tmp_path, args, message)
 def test_task_ids_must_be_integers(tmp_path):
     result = runner.invoke(app, ["ingest", "agibot", "--src", str(tmp_path), "--out", str(tmp_path / "o"), "--tasks", "327,abc"])
     assert result.exit_code == 2 and "not a comma-separated list of task ids" in result.output
+
+
+def test_an_unexpected_failure_names_a_log_file_holding_its_traceback(tmp_path, monkeypatch):
+    """The sentence stays one line; the traceback a bug report needs is kept without a rerun."""
+    from clap_data.lerobot_v3 import reader
+
+    def broken(dataset: Path) -> dict:
+        raise RuntimeError("the summary broke [on purpose]")  # brackets: the text is not rich markup
+
+    monkeypatch.setattr(reader, "dataset_summary", broken)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("CLAP_DATA_DEBUG", raising=False)
+    result = runner.invoke(app, ["info", str(tmp_path)])
+    logs = list((tmp_path / "state" / "clap-data" / "logs").glob("*.log"))
+    assert result.exit_code == 1 and len(logs) == 1
+    assert result.output == (
+        f"error: unexpected failure (RuntimeError: the summary broke [on purpose]); the traceback is in {logs[0]} "
+        "(CLAP_DATA_DEBUG=1 prints it)\n"
+    )
+    text = logs[0].read_text()
+    assert text.startswith(f"clap-data {__version__}: ")
+    assert "\nTraceback (most recent call last):\n" in text and "in broken\n" in text
+    assert text.endswith("RuntimeError: the summary broke [on purpose]\n")
+    # no writable log folder: the sentence says how to see the traceback instead
+    (tmp_path / "not_a_folder").write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "not_a_folder"))
+    result = runner.invoke(app, ["info", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output == (
+        "error: unexpected failure (RuntimeError: the summary broke [on purpose]); set CLAP_DATA_DEBUG=1 to see the traceback\n"
+    )

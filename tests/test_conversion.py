@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clap_data import video
+from clap_data import __version__, video
 from clap_data.conversion import VideoOptions, convert_episode
 from clap_data.sources.base import CanonicalEpisode, EpisodeRef, ImageSequence, VideoInput, VideoWindow
 from clap_data.staging import StagingArea
@@ -110,3 +110,42 @@ def test_corrupt_image_and_wrong_image_count_are_rejected(tmp_path):
     assert outcome.reason.startswith("episode0 camera head image 1 cannot be decoded")
     outcome, _ = convert(tmp_path / "b", ImageSequence((jpeg(40),)), rows=3)
     assert outcome.category == "frame_count" and "has 1 images for 3 rows" in outcome.reason
+
+
+class BrokenReaderSource(OneCameraSource):
+    """A source whose reader fails in a way no check anticipates, as a bug in an adapter would."""
+
+    def read_episode(self, ref: EpisodeRef) -> CanonicalEpisode:
+        raise RuntimeError("the reader broke on purpose")
+
+
+def test_unexpected_error_is_quarantined_with_its_traceback_in_the_episodes_log(tmp_path, clip):
+    staging = StagingArea(tmp_path / "out")
+    broken = BrokenReaderSource(tmp_path, VideoWindow(clip, start=0, count=8), rows=8)
+    ref = broken.list_episodes()[0]
+    outcome = convert_episode(broken, ref, staging, VideoOptions())
+    log = tmp_path / ".out.clap-staging" / "logs" / "00000000.log"
+    assert staging.error_log(ref) == log
+    assert (outcome.status, outcome.category, outcome.file) == ("quarantined", "internal_error", "episode0")
+    assert outcome.reason == (
+        f"unexpected error while converting episode0: RuntimeError: the reader broke on purpose (traceback in {log})"
+    )
+    assert staging.quarantine_records()[0]["reason"] == outcome.reason
+    text = log.read_text()
+    header = f"clap-data {__version__}, test episode e0 (episode0): unexpected error\n"
+    assert text.startswith(header + "Traceback (most recent call last):\n")
+    assert 'in read_episode\n    raise RuntimeError("the reader broke on purpose")' in text
+    assert text.endswith("RuntimeError: the reader broke on purpose\n")
+    # the rerun converts it: neither the quarantine record nor the stale log remain
+    fixed = OneCameraSource(tmp_path, VideoWindow(clip, start=0, count=8), rows=8)
+    assert convert_episode(fixed, ref, staging, VideoOptions()).status == "ok"
+    assert staging.quarantine_records() == [] and not log.exists() and not staging.has_error_logs()
+
+
+def test_the_staged_record_names_each_cameras_source_file(tmp_path, clip):
+    _, staged = convert(tmp_path, VideoWindow(clip, start=10, count=8), rows=8)
+    record = json.loads((staged.parent.parent / "episode.json").read_text())
+    assert record["videos"]["head"]["source_file"] == "clip.mp4"
+    _, staged = convert(tmp_path / "b", ImageSequence(tuple(jpeg(40) for _ in range(3))), rows=3)
+    record = json.loads((staged.parent.parent / "episode.json").read_text())
+    assert record["videos"]["head"]["source_file"] == "episode0 camera head"

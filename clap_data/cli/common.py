@@ -1,17 +1,24 @@
 """What every ``clap-data`` command shares: the typer app, the consoles, and the rule that errors
-reach the user as one sentence on stderr and an exit status (see :class:`ExitCode`); set
-``CLAP_DATA_DEBUG=1`` to see the traceback of an unexpected failure."""
+reach the user as one sentence on stderr and an exit status (see :class:`ExitCode`); the traceback
+of an unexpected failure goes to a log file the sentence names (``CLAP_DATA_DEBUG=1`` prints it)."""
 
 from __future__ import annotations
 
 import functools
 import os
+import shlex
+import sys
+import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from clap_data import __version__
 from clap_data.errors import ClapDataError, ExitCode
 
 app = typer.Typer(
@@ -26,9 +33,28 @@ stderr = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def traceback_log_dir() -> Path:
+    """Per-user, as the XDG base directory spec places state: ``$XDG_STATE_HOME/clap-data/logs``
+    (``~/.local/state/clap-data/logs`` when unset). No output folder is known to every command."""
+    state = Path(os.environ.get("XDG_STATE_HOME", ""))
+    return (state if state.is_absolute() else Path.home() / ".local" / "state") / "clap-data" / "logs"
+
+
+def _log_traceback() -> Path | None:
+    """Write the traceback of the exception being handled to a new log file, so that a bug report
+    needs no rerun with CLAP_DATA_DEBUG=1; None if it cannot be written (the error is shown all the same)."""
+    log = traceback_log_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"clap-data {__version__}: {shlex.join(sys.argv)}\n{traceback.format_exc()}")
+    except OSError:
+        return None
+    return log
+
+
 def user_errors(command: F) -> F:
     """Turn expected failures into one sentence and exit status 1; never show a traceback
-    unless CLAP_DATA_DEBUG is set."""
+    unless CLAP_DATA_DEBUG is set (an unexpected failure's goes to a log file the sentence names)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -45,11 +71,13 @@ def user_errors(command: F) -> F:
         except Exception as exc:
             if os.environ.get("CLAP_DATA_DEBUG"):
                 raise
-            stderr.print(
-                f"[red]error:[/red] unexpected failure ({type(exc).__name__}: {exc}); "
-                "set CLAP_DATA_DEBUG=1 to see the traceback",
-                highlight=False,
-            )
+            log = _log_traceback()
+            failure = f"unexpected failure ({type(exc).__name__}: {exc})"
+            hint = "set CLAP_DATA_DEBUG=1 to see the traceback"
+            if log is not None:
+                hint = f"the traceback is in {log} (CLAP_DATA_DEBUG=1 prints it)"
+            # escaped: the exception's text is not markup; soft_wrap: the path stays one piece to copy
+            stderr.print(f"[red]error:[/red] {escape(f'{failure}; {hint}')}", highlight=False, soft_wrap=True)
             raise typer.Exit(ExitCode.FAILED) from None
 
     return wrapper  # type: ignore[return-value]

@@ -307,9 +307,10 @@ def parse_text_tokens(text: str, num_queries: int = 8, codebook_size: int | None
     if len(values) != 2 * num_queries:
         raise ValueError(f"expected {2 * num_queries} <ACT_i> tokens, got {len(values)} in {text[:80]!r}")
     limit = codebook_size if codebook_size is not None else torch.iinfo(torch.int16).max + 1
-    bad = [v for v in values if v >= limit]
+    bad = sorted({v for v in values if v >= limit})
     if bad:
-        raise ValueError(f"action token indices {bad} are outside [0, {limit})")
+        codebook = f": the checkpoint's codebook has K = {limit} codes" if codebook_size is not None else ""
+        raise ValueError(f"action token indices {bad} are outside [0, {limit}){codebook}")
     right, left = values[:num_queries], values[num_queries:]
     return torch.tensor(left + right, dtype=torch.int16)
 

@@ -4,6 +4,7 @@ file, the good episodes are written intact, and the exit status says what happen
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from clap_data.cli.dataset_commands import _print_ingest_summary
 from clap_data.errors import ExitCode
 from clap_data.factories.astribot import write_astribot_dataset
 from clap_data.pipelines.ingest import IngestRequest, ingest
 from clap_data.sources.astribot import AstribotSource
+from clap_data.sources.base import CanonicalEpisode, EpisodeRef
 from tests.pipelines.test_ingest_astribot import assert_episode_matches_source, load
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -170,3 +173,52 @@ def test_full_decode_option_decodes_every_frame(tmp_path):
     root = write_astribot_dataset(tmp_path / "src", episode_lengths=(30,), video_size=(32, 32), cameras=("head",))
     report = ingest(AstribotSource(root), IngestRequest(out=tmp_path / "out", video=VideoOptions(full_decode=True)))
     assert report.exit_code == ExitCode.OK
+
+
+class BrokenEpisodeSource(AstribotSource):
+    """Astribot whose episode 1 fails inside the Ray worker in a way no check anticipates."""
+
+    def read_episode(self, ref: EpisodeRef) -> CanonicalEpisode:
+        if ref.order == 1:
+            raise RuntimeError("episode 1 broke on purpose")
+        return super().read_episode(ref)
+
+
+def test_an_unexpected_error_keeps_its_traceback_in_a_log_the_summary_names(tmp_path, capsys):
+    root = write_astribot_dataset(tmp_path / "src", episode_lengths=(30, 30), video_size=(32, 32), cameras=("head",))
+    out = tmp_path / "out"
+    report = ingest(BrokenEpisodeSource(root), IngestRequest(out=out))
+    logs = tmp_path / ".out.clap-staging" / "logs"
+    assert (report.exit_code, report.written) == (ExitCode.QUARANTINED, 1)
+    data_file = "data/chunk-000/episode_000001.parquet"
+    assert report.quarantine == [{
+        "order": 1, "source_episode": "000001", "category": "internal_error", "file": data_file,
+        "reason": f"unexpected error while converting {data_file}: RuntimeError: episode 1 broke on purpose "
+                  f"(traceback in {logs / '00000001.log'})",
+    }]
+    text = (logs / "00000001.log").read_text()
+    assert "Traceback (most recent call last):" in text and text.endswith("RuntimeError: episode 1 broke on purpose\n")
+    # published: of the staging area only the logs are left, and the summary says where they are
+    assert report.error_log == str(logs)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in logs.parent.rglob("*")) == [
+        ".out.clap-staging/logs", ".out.clap-staging/logs/00000001.log",
+    ]
+    _print_ingest_summary("astribot", report)
+    assert f"error logs  {logs} (the traceback of each internal_error episode)" in capsys.readouterr().out
+
+
+def test_a_video_of_another_size_is_quarantined_naming_the_mp4(tmp_path):
+    root = write_astribot_dataset(tmp_path / "src", episode_lengths=(30, 30), video_size=(32, 32), cameras=("head",))
+    other = write_astribot_dataset(tmp_path / "other", episode_lengths=(30, 30), video_size=(64, 48), cameras=("head",))
+    # same frames, another size: staged fine, refused when assembled (DatasetAssembler.check_episode)
+    shutil.copyfile(mp4(other, 1, "head"), mp4(root, 1, "head"))
+    out = tmp_path / "out"
+    report = ingest(AstribotSource(root), IngestRequest(out=out))
+    video_file = "videos/chunk-000/images_dict.head.rgb/episode_000001.mp4"
+    assert report.quarantine == [{
+        "order": 1, "source_episode": "000001", "category": "inconsistent_video", "file": video_file,
+        "reason": f"episode 000001 ({video_file}): its head video is 64x48 while the dataset's is 32x32; "
+                  "re-run with --resize HxW to make them equal",
+    }]
+    assert pq.read_table(out / "quarantine.parquet").column("file").to_pylist() == [video_file]
+    assert report.error_log == ""
