@@ -41,6 +41,7 @@ demo: $(STAMP)
 	$(VENV)/bin/clap-data detokenize $(DEMO_DIR)/astribot_v3 --ckpt $(DEMO_DIR)/act_vae --episode 0 --frame 100
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 bench: $(STAMP)

@@ -42,8 +42,10 @@ os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # as clap_data.ray_runtime
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ingest as ingest_bench  # noqa: E402  the Astribot benchmark's measuring helpers (Monitor, update_results, …)
 
-from clap_data.lerobot_v3.column_update import data_files  # noqa: E402
-from clap_data.pipelines.tokenize import TOKENS_COLUMN, TokenizeRequest, actor_pool_shape, tokenize_dataset  # noqa: E402
+from clap_data.lerobot_v3.metadata import DatasetMetadata  # noqa: E402
+from clap_data.pipelines.column_job import pool_shape  # noqa: E402
+from clap_data.pipelines.tokenize import TokenizeRequest, tokenize_dataset  # noqa: E402
+from clap_data.schemas import ACTION_TOKENS as TOKENS_COLUMN  # noqa: E402
 
 _BENCH = str(Path(__file__).resolve().parent)
 
@@ -82,10 +84,9 @@ def prepare_dataset(args: argparse.Namespace) -> str:
     from clap_data.sources.astribot import AstribotSource
 
     v3 = master_dataset(args)
-    info_path = v3 / "meta/info.json"
-    if info_path.is_file():
-        info = json.loads(info_path.read_text())
-        if (info.get("total_frames"), info.get("total_episodes")) == (args.total_frames, args.episodes) and TOKENS_COLUMN not in info["features"]:
+    if (v3 / "meta/info.json").is_file():
+        meta = DatasetMetadata.load(v3)
+        if (meta.total_frames, meta.total_episodes) == (args.total_frames, args.episodes) and TOKENS_COLUMN not in meta.features:
             return f"reused {v3}"
     source = v3.parent / "astribot"
     started = time.perf_counter()
@@ -121,11 +122,11 @@ def prepare_checkpoint(args: argparse.Namespace) -> str:
 
 def dataset_chunks(root: Path, stats: Any) -> np.ndarray:
     """Every frame's normalised dual-arm chunk, float32 ``[frames, 32, 14]``, in the order of the
-    rows of ``data_files(root)`` (the order the pipeline's ``action_tokens`` column then has)."""
+    rows of the dataset's data files (the order the pipeline's ``action_tokens`` column then has)."""
     from clap_data.actions import episode_chunks, model_chunks
 
     out = []
-    for relative in data_files(root):
+    for relative in DatasetMetadata.load(root).data_files():
         table = pq.read_table(root / relative, columns=["episode_index", "frame_index", "observation.state", "action", "arm_mask"])
         episodes, frames = table.column("episode_index").to_numpy(), table.column("frame_index").to_numpy()
         state, action, arm_mask = (
@@ -296,7 +297,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     if not (clock.tokenizing and clock.first_group and clock.stopped):
         raise SystemExit("the pipeline's reporter calls changed: update TokenizeClock, the phase timings would be wrong")
     tokens = np.concatenate([pq.read_table(work / "v3" / f, columns=[TOKENS_COLUMN]).column(0).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                             for f in data_files(work / "v3")])
+                             for f in DatasetMetadata.load(work / "v3").data_files()])
     np.save(scratch(args, "pipeline_tokens.npy"), tokens.reshape(args.total_frames, -1))
     work_spans = ray_work(log, clock.tokenizing_epoch)
     if work_spans["chunks_encoded"] != args.total_frames:
@@ -328,8 +329,8 @@ def model_actors(args: argparse.Namespace) -> str:
     """The actor pool the pipeline runs with Ray started on ``--workers`` CPUs."""
     if args.device_key.startswith("cuda"):
         return "1 per GPU"
-    pool, _, threads = actor_pool_shape(args.workers, 0, args.workers)
-    return f"{pool} × {threads} thread(s)"
+    pool = pool_shape(args.workers, 0, args.workers)
+    return f"{pool.actors} × {pool.threads} thread(s)"
 
 
 # --- report ---------------------------------------------------------------------------------------

@@ -21,11 +21,11 @@ from numpy.typing import NDArray
 
 from clap_data import geometry
 from clap_data.errors import ClapDataError
+from clap_data.schemas import ARM_SLICES, GRIPPER, POSITION, ROTATION
 
 CHUNK_SIZE = 32
 # Indices of the 12 pose dimensions in the 14-D vector; 6 and 13 are the grippers.
 POSE_DIMS = np.array([0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12])
-_ARMS = (slice(0, 7), slice(7, 14))
 _DENOMINATOR_FLOOR = 1e-8
 HUMAN = "human"
 
@@ -76,30 +76,28 @@ def load_stats_table(path: Path) -> dict:
 def _arm_relative(state_arm: FloatArray, command_arm: FloatArray) -> FloatArray:
     """One arm's chunk relative to its state: Δp, Euler(R_cmd · R_stateᵀ), gripper.
     Broadcasts: ``state_arm`` [..., 7] and ``command_arm`` [..., 32, 7]."""
-    r_state_t = np.swapaxes(geometry.euler_to_matrix(state_arm[..., 3:6]), -1, -2)[..., None, :, :]
-    delta_r = geometry.euler_to_matrix(command_arm[..., 3:6]) @ r_state_t
-    return np.concatenate(
-        [command_arm[..., 0:3] - state_arm[..., None, 0:3], geometry.matrix_to_euler(delta_r), command_arm[..., 6:7]], axis=-1
-    )
+    r_state_t = np.swapaxes(geometry.euler_to_matrix(state_arm[..., ROTATION]), -1, -2)[..., None, :, :]
+    delta_r = geometry.euler_to_matrix(command_arm[..., ROTATION]) @ r_state_t
+    delta_p = command_arm[..., POSITION] - state_arm[..., None, POSITION]
+    return np.concatenate([delta_p, geometry.matrix_to_euler(delta_r), command_arm[..., GRIPPER]], axis=-1)
 
 
 def _arm_absolute(state_arm: FloatArray, relative_arm: FloatArray) -> FloatArray:
     """Inverse of :func:`_arm_relative`: p = p_state + Δp, R = ΔR · R_state."""
-    r_state = geometry.euler_to_matrix(state_arm[..., 3:6])[..., None, :, :]
-    rotation = geometry.euler_to_matrix(relative_arm[..., 3:6]) @ r_state
-    return np.concatenate(
-        [relative_arm[..., 0:3] + state_arm[..., None, 0:3], geometry.matrix_to_euler(rotation), relative_arm[..., 6:7]], axis=-1
-    )
+    r_state = geometry.euler_to_matrix(state_arm[..., ROTATION])[..., None, :, :]
+    rotation = geometry.euler_to_matrix(relative_arm[..., ROTATION]) @ r_state
+    position = relative_arm[..., POSITION] + state_arm[..., None, POSITION]
+    return np.concatenate([position, geometry.matrix_to_euler(rotation), relative_arm[..., GRIPPER]], axis=-1)
 
 
 def relative_chunk(state_t: FloatArray, commands: FloatArray) -> FloatArray:
     """Commands ``[..., 32, 14]`` made relative to the 14-D state ``[..., 14]`` at the chunk's first frame."""
-    return np.concatenate([_arm_relative(state_t[..., arm], commands[..., arm]) for arm in _ARMS], axis=-1)
+    return np.concatenate([_arm_relative(state_t[..., arm], commands[..., arm]) for arm in ARM_SLICES], axis=-1)
 
 
 def absolute_chunk(state_t: FloatArray, relative: FloatArray) -> FloatArray:
     """Executable absolute ``[..., 32, 14]`` actions from a (denormalised) relative chunk."""
-    return np.concatenate([_arm_absolute(state_t[..., arm], relative[..., arm]) for arm in _ARMS], axis=-1)
+    return np.concatenate([_arm_absolute(state_t[..., arm], relative[..., arm]) for arm in ARM_SLICES], axis=-1)
 
 
 def chunks_at(state: FloatArray, action: FloatArray, starts: NDArray[np.int64], last: NDArray[np.int64], size: int = CHUNK_SIZE) -> tuple[FloatArray, NDArray[np.bool_]]:

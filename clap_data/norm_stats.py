@@ -13,6 +13,7 @@ import hashlib
 import json
 import tempfile
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 
 import duckdb
@@ -22,19 +23,13 @@ import pyarrow.parquet as pq
 from clap_data.actions import HUMAN, NormStats, episode_chunks
 from clap_data.atomic import write_json_atomic
 from clap_data.errors import ClapDataError
-from clap_data.lerobot_v3 import layout
+from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.lerobot_v3.reader import iter_episode_arrays
+from clap_data.locking import dataset_lock
 from clap_data.reference import openclap_stats_table
 
 NORM_STATS_PATH = "meta/clap_norm_stats.json"
 _COLUMNS = [f"d{i}" for i in range(14)]
-
-
-def robot_type(root: Path) -> str:
-    try:
-        return str(json.loads((Path(root) / layout.INFO_PATH).read_text())["robot_type"])
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
-        raise ClapDataError(f"{root} is not a readable LeRobot dataset ({exc})") from None
 
 
 def _quantiles(spool: Path) -> dict[str, list[float]]:
@@ -68,14 +63,17 @@ def compute_norm_stats(roots: list[Path]) -> dict[str, dict]:
     action labels and are refused."""
     by_embodiment: dict[str, list[Path]] = defaultdict(list)
     for root in roots:
-        embodiment = robot_type(root)
+        embodiment = DatasetMetadata.load(root).robot_type
         if embodiment == HUMAN:
             raise ClapDataError(f"{root} is human video: it has no action labels to take statistics of")
         by_embodiment[embodiment].append(Path(root))
     table = {}
-    for embodiment, members in sorted(by_embodiment.items()):
-        with tempfile.TemporaryDirectory(prefix="clap-normstats-") as workdir:
-            table[embodiment] = _embodiment_stats(members, Path(workdir))
+    with ExitStack() as locks:  # no dataset changes while its chunks are read
+        for root in roots:
+            locks.enter_context(dataset_lock(Path(root), exclusive=False, purpose="normstats"))
+        for embodiment, members in sorted(by_embodiment.items()):
+            with tempfile.TemporaryDirectory(prefix="clap-normstats-") as workdir:
+                table[embodiment] = _embodiment_stats(members, Path(workdir))
     return table
 
 
@@ -84,14 +82,20 @@ def table_id(table: dict) -> str:
     return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_norm_stats(root: Path, table: dict) -> None:
-    write_json_atomic(Path(root) / NORM_STATS_PATH, {"id": table_id(table), "statistics": table})
+def write_norm_stats(root: Path, table: dict, wait: bool = False) -> None:
+    """Store ``table`` with the dataset (and in its manifest), holding the dataset's lock."""
+    with dataset_lock(root, exclusive=True, purpose="normstats", wait=wait):
+        write_json_atomic(Path(root) / NORM_STATS_PATH, {"id": table_id(table), "statistics": table})
+        manifest = DatasetMetadata.load(root).manifest()
+        if manifest is not None:
+            manifest.record(Path(root), NORM_STATS_PATH)
+            manifest.write(Path(root))
 
 
 def load_norm_stats(root: Path, which: str) -> NormStats | None:
     """The statistics ``chunk``/``tokenize`` normalise with: ``openclap`` (the released table) or
     ``dataset`` (computed by ``clap-data normstats``). None for human datasets (nothing to scale)."""
-    embodiment = robot_type(root)
+    embodiment = DatasetMetadata.load(root).robot_type
     if embodiment == HUMAN:
         return None
     if which == "openclap":

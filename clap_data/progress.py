@@ -36,10 +36,12 @@ class SilentReporter:
 
 
 class ConsoleReporter:
-    """A live bar on stderr: episodes done/total, frames, quarantined count, ETA."""
+    """A live bar on stderr: items (``unit``: episodes, row groups, files) done/total, frames, ETA,
+    and for episodes the quarantined count."""
 
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, unit: str = "episodes"):
         self.console = console or Console(stderr=True)
+        self.unit = unit
         self._progress: Progress | None = None
         self._task = None
         self._frames = 0
@@ -50,10 +52,10 @@ class ConsoleReporter:
 
     def start(self, total: int, done: int) -> None:
         self._progress = Progress(
-            TextColumn("episodes"),
+            TextColumn(self.unit),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[frames]} frames, {task.fields[quarantined]} quarantined"),
+            TextColumn("{task.fields[frames]} frames" + (", {task.fields[quarantined]} quarantined" if self.unit == "episodes" else "")),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,

@@ -1,9 +1,10 @@
 """The staging area of one output: where an ingest keeps its work until the dataset is complete.
 
-It lives beside the output (``.<name>.clap-staging``, same filesystem) and holds:
-``lock`` (flock: one writer per output), ``run.json`` (the options of the run, so a rerun resumes
+It lives beside the output (``.<name>.clap-staging``, same filesystem; the dataset's lock,
+:func:`clap_data.locking.dataset_lock`, is beside it) and holds: ``run.json`` (the options of the run, so a rerun resumes
 only work done with the same options), ``episodes/<order>/`` (one converted episode, renamed into
-place when complete), ``quarantine/<order>.json`` and finally ``dataset/`` (the assembled v3
+place when complete), ``quarantine/<order>.json``, ``logs/<order>.log`` (the traceback of an
+episode's unexpected error, kept after the run) and finally ``dataset/`` (the assembled v3
 dataset, moved onto the output path in one rename). A ``kill -9`` at any point leaves only complete
 entries and temporary names, so rerunning the same command resumes and produces the same bytes.
 """
@@ -13,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from clap_data.atomic import remove_temp_leftovers, write_json_atomic
 from clap_data.errors import ClapDataError
-from clap_data.locking import exclusive_lock
+from clap_data.locking import dataset_lock
 from clap_data.sources.base import EpisodeRef
 
 
@@ -31,10 +33,17 @@ class StagingArea:
         self.quarantine_dir = self.root / "quarantine"
         self.dataset_dir = self.root / "dataset"
         self.previous_dir = self.root / "previous"
+        self.logs_dir = self.root / "logs"
 
-    def locked(self) -> AbstractContextManager[None]:
-        """Hold the output's lock for the whole run; a second run on the same output refuses."""
-        return exclusive_lock(self.root / "lock", self.out)
+    def locked(self, wait: bool = False, on_wait: Callable[[str], None] | None = None) -> AbstractContextManager[None]:
+        """Hold the output dataset's lock (exclusive) for the whole run: a second writer, or a
+        command reading the dataset, makes it refuse (or wait)."""
+        return dataset_lock(self.out, exclusive=True, purpose="ingest", wait=wait, on_wait=on_wait)
+
+    def has_resumable_work(self) -> bool:
+        """Whether a rerun would reuse anything here (a converted episode, an assembled dataset)."""
+        staged = self.episodes_dir.is_dir() and any(not p.name.startswith(".") for p in self.episodes_dir.iterdir())
+        return staged or self.dataset_dir.is_dir() or self.previous_dir.exists()
 
     def prepare(self, run_options: dict[str, Any], discard_mismatch: bool) -> None:
         """Resume earlier work done with the same options, or start afresh.
@@ -44,7 +53,7 @@ class StagingArea:
         """
         previous = self.run_options()
         if previous == run_options:
-            for directory in (self.root, self.episodes_dir, self.quarantine_dir):
+            for directory in (self.root, self.episodes_dir, self.quarantine_dir, self.logs_dir):
                 remove_temp_leftovers(directory)
             return
         if previous is not None and not discard_mismatch:
@@ -56,7 +65,7 @@ class StagingArea:
         write_json_atomic(self.root / "run.json", run_options)
 
     def discard_work(self) -> None:
-        for path in (self.episodes_dir, self.quarantine_dir, self.dataset_dir, self.previous_dir):
+        for path in (self.episodes_dir, self.quarantine_dir, self.dataset_dir, self.previous_dir, self.logs_dir):
             shutil.rmtree(path, ignore_errors=True)
         remove_temp_leftovers(self.root)
 
@@ -79,7 +88,17 @@ class StagingArea:
         write_json_atomic(self.quarantine_dir / f"{ref.order:08d}.json", record)
 
     def clear_quarantine(self, ref: EpisodeRef) -> None:
+        """Forget an earlier failure of ``ref`` (it is being converted again), its error log included."""
         (self.quarantine_dir / f"{ref.order:08d}.json").unlink(missing_ok=True)
+        self.error_log(ref).unlink(missing_ok=True)
+
+    def error_log(self, ref: EpisodeRef) -> Path:
+        """Where the traceback of ``ref``'s unexpected error goes: one file per episode, so Ray
+        workers converting at the same time never append to a shared file."""
+        return self.logs_dir / f"{ref.order:08d}.log"
+
+    def has_error_logs(self) -> bool:
+        return self.logs_dir.is_dir() and any(self.logs_dir.glob("*.log"))
 
     def quarantine_records(self) -> list[dict[str, Any]]:
         if not self.quarantine_dir.is_dir():
@@ -96,4 +115,15 @@ class StagingArea:
         os.rename(self.dataset_dir, self.out)
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Delete the staging area once the dataset is published, except the error logs: the
+        quarantine reasons and the summary name them, and they are what a bug report needs."""
+        if not self.has_error_logs():
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        for entry in self.root.iterdir():
+            if entry == self.logs_dir:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from clap_data import __version__
 from clap_data.atomic import building_dir, write_json_atomic
 from clap_data.conversion import EpisodeOutcome, VideoOptions, convert_episode
 from clap_data.errors import ClapDataError, ExitCode
+from clap_data.lerobot_v3.column_update import ColumnUpdate
 from clap_data.lerobot_v3.writer import DatasetAssembler
 from clap_data.progress import Reporter, SilentReporter
 from clap_data.ray_runtime import ray_session
@@ -40,6 +40,7 @@ class IngestRequest:
     workers: int | None = None
     address: str | None = None
     video: VideoOptions = VideoOptions()
+    wait: bool = False  # wait for another command holding the dataset instead of refusing
 
 
 @dataclass
@@ -56,6 +57,7 @@ class IngestReport:
     notices: list[str] = field(default_factory=list)
     cameras: list[str] = field(default_factory=list)
     already_complete: bool = False
+    error_log: str = ""  # the folder of the tracebacks of internal_error episodes, kept after the run
 
     @property
     def exit_code(self) -> ExitCode:
@@ -130,9 +132,11 @@ def _assemble(source: Source, refs: list[EpisodeRef], staging: StagingArea, clap
                 continue
             problem = assembler.check_episode(record)
             if problem:
+                camera, why = problem
+                video_file = record["videos"][camera]["source_file"]
                 quarantine[ref.order] = {
                     "order": ref.order, "source_episode": ref.source_episode, "category": "inconsistent_video",
-                    "file": ref.path, "reason": f"episode {ref.source_episode}: {problem}",
+                    "file": video_file, "reason": f"episode {ref.source_episode} ({video_file}): {why}",
                 }
                 continue
             provenance = {"dataset": source.name, "episode_id": ref.source_episode, "path": ref.path, **record["extra"]}
@@ -151,56 +155,79 @@ class _NothingWritten(Exception):
 
 
 def ingest(source: Source, request: IngestRequest, reporter: Reporter | None = None) -> IngestReport:
-    """Run the whole ingest. Raises ClapDataError for problems that stop the run."""
+    """Run the whole ingest. Raises ClapDataError for problems that stop the run; a run that
+    stops leaves nothing beside ``--out`` unless a rerun can resume from it (the lock file and the
+    error logs excepted)."""
     reporter = reporter or SilentReporter()
-    started = time.perf_counter()
     out = request.out.absolute()
     staging = StagingArea(out)
+    with staging.locked(request.wait, reporter.phase):
+        try:
+            report = _ingest_locked(source, request, staging, reporter)
+        except BaseException:
+            if not staging.has_resumable_work():
+                staging.remove()
+            raise
+        if report.written == 0 and not staging.has_resumable_work():
+            staging.remove()
+    return report
+
+
+def _ingest_locked(source: Source, request: IngestRequest, staging: StagingArea, reporter: Reporter) -> IngestReport:
+    started = time.perf_counter()
+    out = staging.out
     report = IngestReport(out=str(out), cameras=list(source.cameras))
     run_options = {"clap_data": __version__, "source": source.describe(), "video": asdict(request.video)}
-    with staging.locked():
-        finished = _finish_interrupted_publish(staging, run_options)
-        if finished is not None:
-            finished.already_complete = True
-            return finished
-        _check_output(out, request.overwrite)
-        staging.prepare(run_options, discard_mismatch=request.overwrite)
-        refs = source.list_episodes()
-        if not refs:
-            raise ClapDataError(f"the source {source.root} lists no episodes")
-        report.listed = len(refs)
-        report.notices = list(source.notices)  # listing may add some (e.g. unreadable shard headers)
-        todo = [ref for ref in refs if staging.staged_episode(ref) is None]
-        report.resumed = len(refs) - len(todo)
-        for notice in source.notices:
-            reporter.phase(f"note: {notice}")
-        reporter.phase(f"Converting {len(todo)} of {len(refs)} episodes" + (f" ({report.resumed} already staged)" if report.resumed else ""))
-        if todo:
-            with ray_session(request.address, request.workers):
-                reporter.start(len(refs), report.resumed)
-                try:
-                    for outcome in _convert_on_ray(source, todo, staging, request.video, request.workers):
-                        reporter.advance(outcome.status != "quarantined", outcome.frames)
-                finally:
-                    reporter.stop()
-        reporter.phase("Assembling the LeRobot v3.0 dataset")
-        clap_meta = {
-            "embodiment": source.embodiment,
-            "source": source.describe(),
-            "video": {"mode": "re-encode" if request.video.reencode else "stream-copy", **asdict(request.video)},
-            "notices": list(source.notices),
-        }
-        try:
-            report.written, report.frames, report.quarantine = _assemble(source, refs, staging, clap_meta)
-        except _NothingWritten as nothing:
-            report.quarantine = nothing.quarantine
-            report.seconds = time.perf_counter() - started
-            return report
+    finished = _finish_interrupted_publish(staging, run_options)
+    if finished is not None:
+        finished.already_complete = True
+        return finished
+    _check_output(out, request.overwrite)
+    staging.prepare(run_options, discard_mismatch=request.overwrite)
+    refs = source.list_episodes()
+    if not refs:
+        raise ClapDataError(f"the source {source.root} lists no episodes")
+    report.listed = len(refs)
+    report.notices = list(source.notices)  # listing may add some (e.g. unreadable shard headers)
+    todo = [ref for ref in refs if staging.staged_episode(ref) is None]
+    report.resumed = len(refs) - len(todo)
+    for notice in source.notices:
+        reporter.phase(f"note: {notice}")
+    reporter.phase(f"Converting {len(todo)} of {len(refs)} episodes" + (f" ({report.resumed} already staged)" if report.resumed else ""))
+    if todo:
+        with ray_session(request.address, request.workers):
+            reporter.start(len(refs), report.resumed)
+            try:
+                for outcome in _convert_on_ray(source, todo, staging, request.video, request.workers):
+                    reporter.advance(outcome.status != "quarantined", outcome.frames)
+            finally:
+                reporter.stop()
+    report.error_log = str(staging.logs_dir) if staging.has_error_logs() else ""
+    reporter.phase("Assembling the LeRobot v3.0 dataset")
+    clap_meta = {
+        "embodiment": source.embodiment,
+        "source": source.describe(),
+        "video": {"mode": "re-encode" if request.video.reencode else "stream-copy", **asdict(request.video)},
+        "notices": list(source.notices),
+    }
+    try:
+        report.written, report.frames, report.quarantine = _assemble(source, refs, staging, clap_meta)
+    except _NothingWritten as nothing:
+        report.quarantine = nothing.quarantine
         report.seconds = time.perf_counter() - started
-        write_json_atomic(staging.root / _PUBLISHING, asdict(report))
-        staging.publish()
-        staging.remove()
+        return report
+    report.seconds = time.perf_counter() - started
+    write_json_atomic(staging.root / _PUBLISHING, asdict(report))
+    _publish(staging)
     return report
+
+
+def _publish(staging: StagingArea) -> None:
+    """Move the new dataset into place. A column update of the dataset it replaces that was
+    interrupted belongs to the old files: it is dropped, never applied to the new ones."""
+    staging.publish()
+    ColumnUpdate(staging.out).discard()
+    staging.remove()
 
 
 def _finish_interrupted_publish(staging: StagingArea, run_options: dict[str, Any]) -> IngestReport | None:
@@ -210,8 +237,6 @@ def _finish_interrupted_publish(staging: StagingArea, run_options: dict[str, Any
         return None
     report = IngestReport(**json.loads(marker.read_text()))
     if staging.dataset_dir.is_dir():
-        staging.publish()
-    if staging.previous_dir.exists():
-        shutil.rmtree(staging.previous_dir)
+        _publish(staging)
     staging.remove()
     return report

@@ -24,11 +24,29 @@ ARM_DOF_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
 POSE14_NAMES = tuple(f"{arm}_{dof}" for arm in ("left", "right") for dof in ARM_DOF_NAMES)
 ARM_MASK_NAMES = ("left", "right")
 
+# Where each part of the 14-D vector lives (METHOD.md §1): one arm's 7 values, then within an arm
+# the position, the Euler rotation and the gripper.
+ARM_SLICES = (slice(0, 7), slice(7, 14))
+POSITION = slice(0, 3)
+ROTATION = slice(3, 6)
+GRIPPER = slice(6, 7)
+
+# Column names of the data files.
+STATE_COLUMN = "observation.state"
+ACTION_COLUMN = "action"
+ARM_MASK_COLUMN = "arm_mask"
+ACTION_TOKENS = "action_tokens"
+ACTION_TOKENS_PADDED = "action_tokens_padded"
+PSEUDO_TOKENS = "pseudo_tokens"
+PSEUDO_TOKENS_PADDED = "pseudo_tokens_padded"
+
 # Unified camera names, in feature order. A dataset has the subset its source provides.
 CAMERA_NAMES = ("head", "wrist_left", "wrist_right")
 
-# Columns that later stages (tokenize, pseudo-label) add in place; `clap-data info` lists those present.
-TOKEN_COLUMNS = ("action_tokens", "pseudo_tokens")
+# Columns that later stages (tokenize, pseudo-label) add in place, each with its padded flag;
+# `clap-data info` lists those present.
+TOKEN_COLUMNS = (ACTION_TOKENS, PSEUDO_TOKENS)
+PADDED_COLUMN_OF = {ACTION_TOKENS: ACTION_TOKENS_PADDED, PSEUDO_TOKENS: PSEUDO_TOKENS_PADDED}
 
 
 class UnknownSchemaError(Exception):
@@ -53,9 +71,9 @@ def _scalar(dtype: str) -> dict[str, Any]:
 def frame_features() -> dict[str, dict[str, Any]]:
     """The non-video LeRobot features of schema v1, in column order."""
     return {
-        "observation.state": _vector("float32", POSE14_NAMES),
-        "action": _vector("float32", POSE14_NAMES),
-        "arm_mask": _vector("float32", ARM_MASK_NAMES),
+        STATE_COLUMN: _vector("float32", POSE14_NAMES),
+        ACTION_COLUMN: _vector("float32", POSE14_NAMES),
+        ARM_MASK_COLUMN: _vector("float32", ARM_MASK_NAMES),
         "subtask": _scalar("string"),
         "timestamp": _scalar("float32"),
         "frame_index": _scalar("int64"),
@@ -84,7 +102,7 @@ def video_feature(width: int, height: int, fps: int, codec: str, pix_fmt: str) -
     }
 
 
-_ARROW_TYPES = {"float32": pa.float32(), "int64": pa.int64(), "string": pa.string()}
+_ARROW_TYPES = {"float32": pa.float32(), "int64": pa.int64(), "int16": pa.int16(), "bool": pa.bool_(), "string": pa.string()}
 
 
 def data_arrow_schema(features: dict[str, dict[str, Any]]) -> pa.Schema:

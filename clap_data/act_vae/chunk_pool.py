@@ -21,23 +21,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from numpy.typing import NDArray
 
 from clap_data.actions import CHUNK_SIZE, NormStats, chunks_at, model_chunks
 from clap_data.errors import ClapDataError
+from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.lerobot_v3.reader import iter_episode_arrays
+from clap_data.locking import dataset_lock
 from clap_data.norm_stats import load_norm_stats
+from clap_data.schemas import ARM_SLICES
 
 HOLDOUT_MODES = ("episodes", "tail")
 DEFAULT_MAX_FRAMES = 20_000_000  # ~2.4 GB of frame arrays
-ARM_DIMS = (slice(0, 7), slice(7, 14))
 
 
 def _unit_hash(text: str) -> float:
@@ -45,20 +46,11 @@ def _unit_hash(text: str) -> float:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
-def _episode_lengths(root: Path) -> dict[int, int]:
-    """Episode index → frames, from the episodes metadata only."""
-    try:
-        table = pq.ParquetDataset(Path(root) / "meta/episodes").read(columns=["episode_index", "length"])
-    except (OSError, pa.ArrowException) as exc:
-        raise ClapDataError(f"{root}: the episodes metadata cannot be read ({exc})") from None
-    return dict(zip(table.column("episode_index").to_pylist(), table.column("length").to_pylist(), strict=True))
-
-
 def select_episodes(roots: list[Path], max_frames: int) -> tuple[list[set[int] | None], str]:
     """Per dataset, the episodes to load (None = all) so that at most ``max_frames`` frames are held,
     and a notice when some were left out. Episodes are taken in the order of a hash of (dataset,
     episode), so the subset is random but the same on every run."""
-    lengths = [_episode_lengths(root) for root in roots]
+    lengths = [DatasetMetadata.load(root).episode_lengths() for root in roots]
     total = sum(sum(ep.values()) for ep in lengths)
     if total <= max_frames:
         return [None] * len(roots), ""
@@ -127,7 +119,7 @@ class DatasetChunks:
         frames, arms = self.sample_frames[picks], self.sample_arms[picks]
         relative, _ = chunks_at(self.state, self.action, frames, self.last_frame[frames])
         dual = model_chunks(relative, self.arm_mask[frames], self.stats)
-        one_arm = np.where((arms == 0)[:, None, None], dual[..., ARM_DIMS[0]], dual[..., ARM_DIMS[1]])
+        one_arm = np.where((arms == 0)[:, None, None], dual[..., ARM_SLICES[0]], dual[..., ARM_SLICES[1]])
         return one_arm, arms
 
 
@@ -175,11 +167,14 @@ class ChunkPool:
     """Samples across several datasets, in proportion to how many each holds."""
 
     def __init__(self, roots: list[Path], stats_kind: str, holdout: Holdout, held_out: bool, max_frames: int = DEFAULT_MAX_FRAMES) -> None:
-        stats = [_robot_stats(Path(root), stats_kind) for root in roots]
-        keep, self.notice = select_episodes([Path(r) for r in roots], max_frames)
-        self.datasets = [
-            _load_dataset(Path(root), s, holdout, held_out, subset) for root, s, subset in zip(roots, stats, keep, strict=True)
-        ]
+        with ExitStack() as locks:  # the datasets must not change while they are read (then they may)
+            for root in roots:
+                locks.enter_context(dataset_lock(Path(root), exclusive=False, purpose="reading Act-VAE chunks"))
+            stats = [_robot_stats(Path(root), stats_kind) for root in roots]
+            keep, self.notice = select_episodes([Path(r) for r in roots], max_frames)
+            self.datasets = [
+                _load_dataset(Path(root), s, holdout, held_out, subset) for root, s, subset in zip(roots, stats, keep, strict=True)
+            ]
         self.sizes = np.array([len(d.sample_frames) for d in self.datasets], dtype=np.int64)
         self.side = "held-out" if held_out else "training"
         self.holdout = holdout

@@ -28,10 +28,11 @@ from numpy.typing import NDArray
 
 from clap_data.actions import NormStats, absolute_chunk, denormalize, mask_arms
 from clap_data.errors import ClapDataError
-from clap_data.lerobot_v3 import layout
+from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.lerobot_v3.reader import read_episode_arrays
 from clap_data.models import ActVAE, parse_text_tokens, text_tokens
 from clap_data.norm_stats import load_norm_stats
+from clap_data.schemas import ACTION_TOKENS, ACTION_TOKENS_PADDED
 
 
 def detokenize(
@@ -68,19 +69,27 @@ class DecodedFrame:
 
 
 def parse_tokens_option(value: str, num_queries: int, codebook_size: int) -> NDArray[np.int64]:
-    """``--tokens``: the ``<ACT_i>`` text (right arm first) or comma-separated ints in storage order."""
+    """``--tokens``: the ``<ACT_i>`` text (right arm first) or comma-separated ints in storage order.
+
+    Raises ``ValueError`` with a sentence saying what is wrong, which the CLI shows as a usage error
+    (exit 2): a malformed option is the caller's mistake, not a failure of the dataset or checkpoint."""
     if "<ACT_" in value:
-        try:
-            return parse_text_tokens(value, num_queries, codebook_size).numpy().astype(np.int64)
-        except ValueError as exc:
-            raise ClapDataError(f"--tokens: {exc}") from None
+        return parse_text_tokens(value, num_queries, codebook_size).numpy().astype(np.int64)
     try:
-        values = np.array([int(v) for v in value.replace(" ", "").split(",") if v], dtype=np.int64)
+        codes = [int(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError:
-        raise ClapDataError(f"--tokens must be <ACT_i> text or comma-separated integers, got {value[:60]!r}") from None
-    if len(values) != 2 * num_queries:
-        raise ClapDataError(f"--tokens needs {2 * num_queries} codes (left arm's, then right's), got {len(values)}")
-    return values
+        raise ValueError(
+            f"{value[:60]!r} is neither <ACT_i> text (right arm first) nor {2 * num_queries} comma-separated codes "
+            "(left arm's, then right's)"
+        ) from None
+    if len(codes) != 2 * num_queries:
+        raise ValueError(f"needs {2 * num_queries} codes (left arm's, then right's), got {len(codes)}")
+    bad = sorted({code for code in codes if not 0 <= code < codebook_size})
+    if bad:
+        raise ValueError(
+            f"codes {bad} are outside [0, {codebook_size}): the checkpoint's codebook has K = {codebook_size} codes"
+        )
+    return np.array(codes, dtype=np.int64)
 
 
 def _stats_for(root: Path, identity: dict[str, Any]) -> NormStats:
@@ -96,22 +105,21 @@ def _stats_for(root: Path, identity: dict[str, Any]) -> NormStats:
 
 def _frame_tokens(root: Path, episode: int, frame: int) -> tuple[NDArray[np.int64], bool]:
     table = pq.ParquetDataset(root / "data", filters=[("episode_index", "=", episode), ("frame_index", "=", frame)]).read(
-        columns=["action_tokens", "action_tokens_padded"]
+        columns=[ACTION_TOKENS, ACTION_TOKENS_PADDED]
     )
     if table.num_rows != 1:
         raise ClapDataError(f"{root} has no frame {frame} in episode {episode}")
-    return np.asarray(table.column("action_tokens")[0].as_py(), dtype=np.int64), bool(table.column("action_tokens_padded")[0].as_py())
+    return np.asarray(table.column(0)[0].as_py(), dtype=np.int64), bool(table.column(1)[0].as_py())
 
 
-def decode_dataset_frame(root: Path, model: ActVAE, sha256: str, episode: int, frame: int, tokens: str | None = None) -> DecodedFrame:
-    """Decode the tokens stored at (episode, frame) of a tokenized dataset (or ``tokens`` given as
-    text), with the state and statistics of that frame. Refuses a checkpoint other than the one the
-    dataset's tokens came from."""
-    import json
-
+def decode_dataset_frame(
+    root: Path, model: ActVAE, sha256: str, episode: int, frame: int, tokens: NDArray[np.int64] | None = None
+) -> DecodedFrame:
+    """Decode the tokens stored at (episode, frame) of a tokenized dataset (or ``tokens``, storage-order
+    codes such as :func:`parse_tokens_option` returns), with the state and statistics of that frame.
+    Refuses a checkpoint other than the one the dataset's tokens came from."""
     root = Path(root)
-    info = json.loads((root / layout.INFO_PATH).read_text())
-    identity = info["features"].get("action_tokens", {}).get("info")
+    identity = DatasetMetadata.load(root).token_identity(ACTION_TOKENS)
     if identity is None:
         raise ClapDataError(f"{root} has no action_tokens; add them with: clap-data tokenize act-vae --ckpt CKPT {root}")
     if identity["checkpoint_sha256"] != sha256:
@@ -123,7 +131,7 @@ def decode_dataset_frame(root: Path, model: ActVAE, sha256: str, episode: int, f
     if not 0 <= frame < len(arrays.state):
         raise ClapDataError(f"frame {frame} is outside episode {episode} (0..{len(arrays.state) - 1})")
     stored, padded = _frame_tokens(root, episode, frame)
-    chosen = stored if tokens is None else parse_tokens_option(tokens, model.config.num_queries, model.config.codebook_size)
+    chosen = stored if tokens is None else tokens
     action = detokenize(model, chosen, arrays.state[frame], _stats_for(root, identity), arrays.arm_mask[frame])
     return DecodedFrame(
         tokens=chosen.tolist(), text=text_tokens(chosen, model.config.num_queries), padded=padded,

@@ -26,13 +26,13 @@ import torch
 from numpy.typing import NDArray
 
 from clap_data.act_vae.checkpoint import load_act_vae
-from clap_data.act_vae.chunk_pool import ARM_DIMS, DEFAULT_MAX_FRAMES, ChunkPool, Holdout
+from clap_data.act_vae.chunk_pool import DEFAULT_MAX_FRAMES, ChunkPool, Holdout
 from clap_data.act_vae.training import pick_device
 from clap_data.actions import CHUNK_SIZE, NormStats, denormalize
 from clap_data.errors import ClapDataError
 from clap_data.models import ActVAE
 from clap_data.models.quantizer import perplexity_from_counts
-from clap_data.schemas import POSE14_NAMES
+from clap_data.schemas import ARM_SLICES, POSE14_NAMES
 
 PEAK = 2.0  # R: normalised data spans [-1, 1]
 ARM_DOFS = len(POSE14_NAMES) // 2
@@ -78,7 +78,7 @@ def _as_dual(arm_chunks: NDArray[np.float64], arms: NDArray[np.int64]) -> NDArra
     """One-arm chunks ``[B, 32, 7]`` placed in their arm's slot of zero dual chunks ``[B, 32, 14]``:
     the layout ``denormalize`` and the statistics are written for."""
     dual = np.zeros(arm_chunks.shape[:-1] + (2 * ARM_DOFS,))
-    for arm, dims in enumerate(ARM_DIMS):
+    for arm, dims in enumerate(ARM_SLICES):
         dual[arms == arm, :, dims] = arm_chunks[arms == arm]
     return dual
 
@@ -103,7 +103,7 @@ class ErrorTotals:
         q01, q99 = stats.action_q01, stats.action_q99
         error = denormalize(_as_dual(recon, arms), q01, q99) - denormalize(_as_dual(target, arms), q01, q99)
         self.dof_sum += np.square(error).sum(axis=(0, 1))
-        for arm, dims in enumerate(ARM_DIMS):
+        for arm, dims in enumerate(ARM_SLICES):
             self.dof_count[dims] += int((arms == arm).sum()) * target.shape[1]
 
     def add_codes(self, indices: torch.Tensor) -> None:

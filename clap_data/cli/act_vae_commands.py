@@ -15,7 +15,6 @@ from rich.table import Table
 from clap_data.cli.common import app, stderr, stdout, user_errors
 
 
-
 def _verb(name: str, help_text: str) -> typer.Typer:
     """A verb whose sub-command names the tokenizer (``train act-vae``, later ``train vd-vae``)."""
     group = typer.Typer(no_args_is_help=True, help=help_text)
@@ -32,6 +31,7 @@ StatsOption = Annotated[str, typer.Option(help="Normalisation statistics: opencl
 HoldoutOption = Annotated[str, typer.Option(help="Held-out split: episodes (a hash of the episode index) or tail (the end of every episode).")]
 HoldoutFractionOption = Annotated[float, typer.Option(min=0.0, max=0.95, help="Fraction held out of training.")]
 DeviceOption = Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:1 …")]
+WaitOption = Annotated[bool, typer.Option(help="If another command holds the dataset, wait for it instead of refusing.")]
 MaxFramesOption = Annotated[int, typer.Option(min=1000, help="Frames held in memory (120 bytes each); beyond it a fixed random subset of episodes is used.")]
 
 
@@ -70,7 +70,8 @@ def train_act_vae(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Train the Act-VAE on the datasets' action chunks (single-arm data contributes its active arm)."""
-    from clap_data.act_vae.training import TrainOptions, preset_config, train_act_vae as run_training
+    from clap_data.act_vae.training import TrainOptions, preset_config
+    from clap_data.act_vae.training import train_act_vae as run_training
 
     _check_stats(stats)
     config = preset_config(preset, num_queries=num_queries, codebook_size=codebook_size)
@@ -128,6 +129,7 @@ def tokenize_act_vae(
     batch_size: Annotated[int, typer.Option(min=1, help="Chunks per model call.")] = 4096,
     workers: Annotated[int | None, typer.Option(min=1, help="CPU workers (default: all CPUs).")] = None,
     address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local Ray.")] = None,
+    wait: WaitOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
 ) -> None:
     """Add action_tokens (int16 [2·Nq] per frame: left arm's codes, then right's) and action_tokens_padded."""
@@ -135,10 +137,10 @@ def tokenize_act_vae(
     from clap_data.progress import ConsoleReporter, SilentReporter
 
     _check_stats(stats)
-    request = TokenizeRequest(ckpt=ckpt, stats=stats, device=device, batch_size=batch_size, workers=workers, address=address)
+    request = TokenizeRequest(ckpt=ckpt, stats=stats, device=device, batch_size=batch_size, workers=workers, address=address, wait=wait)
     reports = []
     for dataset in datasets:
-        report = tokenize_dataset(dataset, request, SilentReporter() if as_json else ConsoleReporter(stderr))
+        report = tokenize_dataset(dataset, request, SilentReporter() if as_json else ConsoleReporter(stderr, "row groups"))
         reports.append(report)
         if as_json:
             continue
@@ -149,7 +151,7 @@ def tokenize_act_vae(
         what = f"replaced tokens of checkpoint {report.replaced['checkpoint_sha256'][:16]}…" if report.replaced else "added action_tokens"
         resumed = f" ({report.resumed_files} file(s) resumed from an interrupted run)" if report.resumed_files else ""
         stdout.print(
-            f"{dataset}: {what}: {report.frames:,} frames ({report.padded:,} padded chunks) in {report.seconds:.1f} s{resumed}; "
+            f"{dataset}: {what}: {report.frames:,} frames ({report.flagged:,} padded chunks) in {report.seconds:.1f} s{resumed}; "
             f"checkpoint {sha}…, Nq {report.identity['num_queries']}, K {report.identity['codebook_size']}, statistics {report.identity['stats_id']}"
         )
     if as_json:
@@ -170,10 +172,17 @@ def detokenize(
     import numpy as np
 
     from clap_data.act_vae.checkpoint import load_act_vae
-    from clap_data.act_vae.decoding import decode_dataset_frame
+    from clap_data.act_vae.decoding import decode_dataset_frame, parse_tokens_option
+    from clap_data.locking import dataset_lock
 
-    model, sha256 = load_act_vae(ckpt)
-    decoded = decode_dataset_frame(dataset, model, sha256, episode, frame, tokens)
+    model, sha256 = load_act_vae(ckpt)  # --tokens is checked against the checkpoint's Nq and K
+    config = model.config
+    try:
+        codes = None if tokens is None else parse_tokens_option(tokens, config.num_queries, config.codebook_size)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tokens") from None
+    with dataset_lock(dataset, exclusive=False, purpose="detokenize"):
+        decoded = decode_dataset_frame(dataset, model, sha256, episode, frame, codes)
     if as_json:
         print(json.dumps(decoded.__dict__))
         return

@@ -66,6 +66,8 @@ def _print_ingest_summary(source_name: str, report: Any) -> None:
     table.add_row("cameras", ", ".join(report.cameras) or "none")
     for notice in report.notices:
         table.add_row("note", notice)
+    if report.error_log:
+        table.add_row("error logs", f"{report.error_log} (the traceback of each internal_error episode)")
     stdout.print(table)
     if report.quarantine:
         quarantine = Table(title="quarantined episodes", title_justify="left", show_edge=False)
@@ -99,6 +101,12 @@ def ingest(
     gripper_open_mm: Annotated[float | None, typer.Option(min=1, help="agibot: fully-open gripper width in mm (default 120).")] = None,
     min_frames: Annotated[int | None, typer.Option(min=1, help="ego4d: shortest action window kept (default 33 = the 32-frame gap + 1).")] = None,
     mapping: Annotated[Path | None, typer.Option(help="lerobot: the mapping file (docs/lerobot_mapping.md).")] = None,
+    fps: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="astribot, droid, lerobot: resample every episode onto this frame rate (nearest frame in time)."
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Parallel episode conversions (default: all CPUs).")] = None,
     address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local Ray.")] = None,
     full_decode: Annotated[bool, typer.Option(help="Decode every video frame to validate (default: a fast check).")] = False,
@@ -107,10 +115,12 @@ def ingest(
     gop: Annotated[int, typer.Option(help="Keyframe interval when re-encoding.")] = 2,
     crf: Annotated[int, typer.Option(help="Quality when re-encoding (lower is better).")] = 30,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished dataset at --out, or discard an interrupted run with other options.")] = False,
+    wait: Annotated[bool, typer.Option(help="If another command holds --out, wait for it instead of refusing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
 ) -> None:
     """Convert a source dataset into a unified LeRobot v3.0 dataset."""
-    from clap_data.pipelines.ingest import IngestRequest, ingest as run_ingest
+    from clap_data.pipelines.ingest import IngestRequest
+    from clap_data.pipelines.ingest import ingest as run_ingest
     from clap_data.progress import ConsoleReporter, SilentReporter
     from clap_data.sources.registry import SOURCE_NAMES, OptionError, SourceOptions, build_source
 
@@ -120,12 +130,12 @@ def ingest(
     try:
         options = SourceOptions(
             cameras=_split_list(cameras), min_frames=min_frames, tasks=_task_ids(tasks),
-            force_known_bad=force_known_bad, gripper_open_mm=gripper_open_mm, mapping=mapping,
+            force_known_bad=force_known_bad, gripper_open_mm=gripper_open_mm, mapping=mapping, fps=fps,
         )
         source = build_source(source_name, src, options)
     except OptionError as exc:
         raise typer.BadParameter(str(exc)) from None
-    request = IngestRequest(out=out, overwrite=overwrite, workers=workers, address=address, video=video)
+    request = IngestRequest(out=out, overwrite=overwrite, workers=workers, address=address, video=video, wait=wait)
     report = run_ingest(source, request, SilentReporter() if as_json else ConsoleReporter(stderr))
     if as_json:
         stdout.print_json(json.dumps({**asdict(report), "exit_code": int(report.exit_code)}))
@@ -140,11 +150,13 @@ def normstats(
     datasets: Annotated[list[Path], typer.Argument(help="Unified datasets; those of one embodiment are pooled.")],
 ) -> None:
     """Compute per-embodiment q01/q99 of chunk-relative actions and states; store them with each dataset."""
-    from clap_data.norm_stats import compute_norm_stats, robot_type, table_id, write_norm_stats
+    from clap_data.lerobot_v3.metadata import DatasetMetadata
+    from clap_data.norm_stats import compute_norm_stats, table_id, write_norm_stats
 
     table = compute_norm_stats(datasets)
     for root in datasets:
-        write_norm_stats(root, {robot_type(root): table[robot_type(root)]})
+        embodiment = DatasetMetadata.load(root).robot_type
+        write_norm_stats(root, {embodiment: table[embodiment]})
     summary = Table(show_edge=False)
     for column in ("embodiment", "frames", "action q01..q99 (x, left)", "statistics id"):
         summary.add_column(column)
@@ -211,7 +223,39 @@ def info(
     table.add_row("source", str(summary["source"].get("root", "")))
     for notice in summary["notices"]:
         table.add_row("note", notice)
+    for warning in summary["warnings"]:
+        table.add_row("[yellow]warning[/yellow]", warning)
     table.add_row("quarantine", f"{len(summary['quarantine'])} episode(s)")
     for row in summary["quarantine"]:
         table.add_row("", f"{row['episode']}: {row['reason']}")
     stdout.print(table)
+
+
+@app.command("verify", no_args_is_help=True)
+@user_errors
+def verify(
+    dataset: Annotated[Path, typer.Argument(help="A dataset written by clap-data.")],
+    full: Annotated[bool, typer.Option(help="Also decode every frame of every video (slow: a full decode).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check a dataset against its manifest (sizes, sha256), its metadata (rows, episode ranges,
+    schema) and its videos (frame counts; --full decodes them). Exit 0: intact; 1: problems, each named."""
+    from clap_data.lerobot_v3.verify import verify_dataset
+    from clap_data.locking import dataset_lock
+    from clap_data.progress import ConsoleReporter, SilentReporter
+
+    with dataset_lock(dataset, exclusive=False, purpose="verify"):
+        report = verify_dataset(dataset, full=full, reporter=SilentReporter() if as_json else ConsoleReporter(stderr, "files"))
+    if as_json:
+        print(json.dumps({**asdict(report), "ok": report.ok}))
+    else:
+        checked = (
+            f"{report.files_hashed} files hashed ({report.bytes_hashed / 2**20:,.1f} MiB), {report.episodes:,} episodes, "
+            f"{report.frames:,} frames, {report.videos} video files" + (f" ({report.frames_decoded:,} frames decoded)" if full else "")
+        )
+        stdout.print(f"{report.dataset}: {checked}")
+        for problem in report.problems:
+            stdout.print(f"[red]problem:[/red] {problem}", highlight=False)
+        verdict = "intact" if report.ok else f"{len(report.problems)} problem(s)"
+        stdout.print(f"exit status {0 if report.ok else 1}: {verdict}")
+    raise typer.Exit(ExitCode.OK if report.ok else ExitCode.FAILED)

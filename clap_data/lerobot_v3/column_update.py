@@ -7,12 +7,15 @@ all; instead the update is staged and then rolled forward:
 1. New data files are written beside the dataset, in ``.<name>.clap-columns/new/`` (same filesystem),
    each complete before it gets its final name. ``run.json`` there records what produced them,
    so a rerun after a crash keeps the finished files of the same run and redoes only the rest.
-2. The new ``meta/info.json`` (features) and ``meta/clap_data.json`` (provenance) join them.
+2. The new ``meta/info.json`` (features), ``meta/clap_data.json`` (provenance) and
+   ``meta/clap_manifest.json`` (the new files' sizes and hashes) join them.
 3. ``commit.json`` is written: from then on the update *will* happen. Each staged file replaces
    its original with ``os.replace``, data files first and metadata last; then the staging
    folder goes. A crash during this step is finished by the next run of the same command.
 
-A lock (flock) keeps two updates of one dataset from interleaving.
+The caller holds the dataset's exclusive lock (:func:`clap_data.locking.dataset_lock`) throughout,
+so no other writer — another update, an ingest replacing the dataset — interleaves with it; and the
+dataset's manifest is updated in the same commit (:mod:`clap_data.lerobot_v3.manifest`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,11 @@ import pyarrow.parquet as pq
 from clap_data.atomic import remove_temp_leftovers, temp_sibling, write_json_atomic
 from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3 import layout
-from clap_data.locking import exclusive_lock
+from clap_data.lerobot_v3.manifest import MANIFEST_PATH, Manifest
 from clap_data.schemas import CLAP_META_PATH
 
 _COMMIT = "commit.json"
 _RUN = "run.json"
-
-
-def data_files(root: Path) -> list[str]:
-    """The dataset's data files, relative to its root, in order."""
-    return sorted(str(p.relative_to(root)) for p in (Path(root) / "data").glob("chunk-*/file-*.parquet"))
 
 
 class ColumnUpdate:
@@ -50,11 +46,6 @@ class ColumnUpdate:
         self.root = Path(root)
         self.staging = self.root.parent / f".{self.root.name}.clap-columns"
         self.new = self.staging / "new"
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        with exclusive_lock(self.staging.parent / f".{self.root.name}.clap-columns.lock", self.root):
-            yield
 
     def finish_interrupted_commit(self) -> bool:
         """Roll a committed-but-unfinished update forward; True if there was one."""
@@ -68,9 +59,10 @@ class ColumnUpdate:
         shutil.rmtree(self.staging)
         return True
 
-    def prepare(self, run: dict[str, Any]) -> set[str]:
-        """Start staging for ``run``; returns the data files already staged by an interrupted run
-        of the same ``run`` (work of another run is discarded)."""
+    def prepare(self, run: dict[str, Any], files: list[str]) -> set[str]:
+        """Start staging for ``run`` (which must name what the staged files depend on: the
+        producer's identity and the input files' sizes and hashes); returns those of ``files``
+        already staged by an interrupted run of the same ``run`` (work of another run is discarded)."""
         previous = None
         if (self.staging / _RUN).is_file():
             previous = json.loads((self.staging / _RUN).read_text())
@@ -79,7 +71,7 @@ class ColumnUpdate:
         self.new.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.staging / _RUN, run)
         done = set()
-        for relative in data_files(self.root):
+        for relative in files:
             staged = self.new / relative
             remove_temp_leftovers(staged.parent)
             if staged.is_file():
@@ -109,18 +101,29 @@ class ColumnUpdate:
                 offset += table.num_rows
         os.replace(tmp, target)
 
-    def commit(self, info: dict[str, Any], clap_meta: dict[str, Any]) -> None:
-        """Stage the metadata, then make every staged file live (see the module docstring)."""
+    def commit(self, info: dict[str, Any], clap_meta: dict[str, Any], files: list[str], manifest: Manifest | None) -> None:
+        """Stage the metadata (and the manifest updated for every staged file), then make every staged
+        file live (see the module docstring). ``files`` are the data files that must all be staged."""
         staged = sorted(str(p.relative_to(self.new)) for p in self.new.glob("data/chunk-*/file-*.parquet"))
-        missing = sorted(set(data_files(self.root)) - set(staged))
+        missing = sorted(set(files) - set(staged))
         if missing:
             raise ClapDataError(f"{self.root}: {len(missing)} data file(s) were not staged, e.g. {missing[0]}")
         write_json_atomic(self.new / layout.INFO_PATH, info)
         write_json_atomic(self.new / CLAP_META_PATH, clap_meta)
-        write_json_atomic(self.staging / _COMMIT, {"files": staged + [layout.INFO_PATH, CLAP_META_PATH]})
+        metadata = [layout.INFO_PATH, CLAP_META_PATH]
+        if manifest is not None:
+            for relative in staged + metadata:
+                manifest.record(self.new, relative)
+            manifest.write(self.new)
+            metadata.append(MANIFEST_PATH)
+        write_json_atomic(self.staging / _COMMIT, {"files": staged + metadata})
         self.finish_interrupted_commit()
 
     def abandon(self) -> None:
         """Drop the staging area (nothing to change)."""
         if self.staging.exists() and not (self.staging / _COMMIT).is_file():
             shutil.rmtree(self.staging)
+
+    def discard(self) -> None:
+        """Drop the staging area whatever it holds: the dataset it was made for has been replaced."""
+        shutil.rmtree(self.staging, ignore_errors=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,40 +14,40 @@ import pyarrow.parquet as pq
 
 from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3 import layout
-from clap_data.schemas import TOKEN_COLUMNS, UnknownSchemaError, read_clap_meta
+from clap_data.lerobot_v3.metadata import DatasetMetadata
+from clap_data.schemas import ACTION_COLUMN, ARM_MASK_COLUMN, STATE_COLUMN
 
 
 def dataset_summary(root: Path) -> dict[str, Any]:
-    """The facts ``clap-data info --json`` prints. Refuses unknown schema versions."""
-    root = Path(root)
-    if not (root / layout.INFO_PATH).is_file():
-        raise ClapDataError(f"{root} is not a LeRobot dataset: {layout.INFO_PATH} is missing")
-    try:
-        clap_meta = read_clap_meta(root)
-        info = json.loads((root / layout.INFO_PATH).read_text())
-    except UnknownSchemaError as exc:
-        raise ClapDataError(str(exc)) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ClapDataError(f"{root / layout.INFO_PATH} cannot be read: {exc}") from None
-    quarantine_file = root / layout.QUARANTINE_PATH
+    """The facts ``clap-data info --json`` prints. Refuses unknown schema versions. ``warnings``
+    lists files that disagree with the manifest in size (a stat each; ``verify`` hashes them)."""
+    meta = DatasetMetadata.load(root)
+    quarantine_file = meta.root / layout.QUARANTINE_PATH
     try:
         rows = pq.read_table(quarantine_file).to_pylist() if quarantine_file.is_file() else []
     except (pa.ArrowException, OSError) as exc:
         raise ClapDataError(f"{quarantine_file} cannot be read: {exc}") from None
-    features = info.get("features", {})
+    manifest = meta.manifest()
+    if manifest is None:
+        warnings = ["no manifest (meta/clap_manifest.json): written by an older clap-data; `clap-data verify` checks less"]
+    else:
+        warnings = [f"{problem}: the dataset was changed after clap-data wrote it; run clap-data verify"
+                    for problem in manifest.size_problems(meta.root)]
+    info = meta.info
     return {
         "path": str(root),
         "episodes": info.get("total_episodes"),
         "frames": info.get("total_frames"),
         "fps": info.get("fps"),
         "robot_type": info.get("robot_type"),
-        "cameras": [key.removeprefix("observation.images.") for key, ft in features.items() if ft.get("dtype") == "video"],
+        "cameras": meta.cameras,
         "tasks": info.get("total_tasks"),
-        "schema_version": clap_meta["schema_version"],
+        "schema_version": meta.clap["schema_version"],
         "codebase_version": info.get("codebase_version"),
-        "token_columns": [column for column in TOKEN_COLUMNS if column in features],
-        "source": clap_meta.get("source", {}),
-        "notices": clap_meta.get("notices", []),
+        "token_columns": meta.token_columns,
+        "source": meta.clap.get("source", {}),
+        "notices": meta.clap.get("notices", []),
+        "warnings": warnings,
         "quarantine": [
             {"episode": row["source_episode"], "reason": row["reason"], "category": row["category"], "file": row["file"]}
             for row in rows
@@ -66,16 +65,18 @@ class EpisodeArrays:
     arm_mask: np.ndarray  # [N, 2]
 
 
-_ARRAY_COLUMNS = ["episode_index", "observation.state", "action", "arm_mask"]
+_ARRAY_COLUMNS = ["episode_index", STATE_COLUMN, ACTION_COLUMN, ARM_MASK_COLUMN]
+
+
+def column_matrix(table: pa.Table, name: str) -> np.ndarray:
+    """A fixed-size-list column as a float64 ``[rows, width]`` matrix."""
+    return np.asarray(table.column(name).combine_chunks().flatten(), dtype=np.float64).reshape(table.num_rows, -1)
 
 
 def _arrays(table: pa.Table, episode_index: int) -> EpisodeArrays:
-    frames = table.num_rows
-
-    def matrix(name: str) -> np.ndarray:
-        return np.asarray(table.column(name).combine_chunks().flatten(), dtype=np.float64).reshape(frames, -1)
-
-    return EpisodeArrays(episode_index, matrix("observation.state"), matrix("action"), matrix("arm_mask"))
+    return EpisodeArrays(
+        episode_index, column_matrix(table, STATE_COLUMN), column_matrix(table, ACTION_COLUMN), column_matrix(table, ARM_MASK_COLUMN)
+    )
 
 
 def read_episode_arrays(root: Path, episode_index: int) -> EpisodeArrays:
@@ -85,7 +86,7 @@ def read_episode_arrays(root: Path, episode_index: int) -> EpisodeArrays:
         columns=["episode_index", "data/chunk_index", "data/file_index"]
     )
     if episodes.num_rows == 0:
-        total = json.loads((root / layout.INFO_PATH).read_text()).get("total_episodes")
+        total = DatasetMetadata.load(root).total_episodes
         raise ClapDataError(f"{root} has no episode {episode_index} (it has {total}: 0..{int(total) - 1})")
     chunk, file = episodes.column("data/chunk_index")[0].as_py(), episodes.column("data/file_index")[0].as_py()
     data_file = root / layout.DATA_PATH.format(chunk_index=chunk, file_index=file)

@@ -2,8 +2,9 @@
 
 Episodes are appended one at a time: their frames go into rolling ``data/`` parquet files (one
 row group per episode, as lerobot writes them), their videos are concatenated by stream copy into
-rolling ``videos/<key>/`` files, and only O(1) state per file is kept in memory. The output is a
-pure function of the staged episodes and their order, which is what makes an interrupted and
+rolling ``videos/<key>/`` files, and only O(1) state per file is kept in memory. Each file is
+hashed into the manifest as soon as it is closed, while it is still in the page cache. The output
+is a pure function of the staged episodes and their order, which is what makes an interrupted and
 resumed ingest byte-identical to an uninterrupted one.
 """
 
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 from clap_data import __version__, video
 from clap_data.atomic import write_json_atomic
 from clap_data.lerobot_v3 import layout
+from clap_data.lerobot_v3.manifest import Manifest
 from clap_data.lerobot_v3.stats import StatsAggregator, feature_stats
 from clap_data.schemas import (
     CLAP_META_PATH,
@@ -43,8 +45,8 @@ class _RollingVideo:
     """One camera's current v3 video file; starts a new file at the size limit or when an
     episode's codec parameters differ (stream copy cannot mix them in one file)."""
 
-    def __init__(self, root: Path, video_key: str, fps: int):
-        self.root, self.video_key, self.fps = root, video_key, fps
+    def __init__(self, root: Path, video_key: str, fps: int, manifest: Manifest):
+        self.root, self.video_key, self.fps, self.manifest = root, video_key, fps, manifest
         self.cursor = layout.FileCursor()
         self._current: video.VideoConcatenator | None = None
 
@@ -52,7 +54,7 @@ class _RollingVideo:
         if self._current is not None:
             full = self._current.dst.stat().st_size >= layout.VIDEO_FILE_SIZE_MB * 1024 * 1024
             if full or fingerprint != self._current.fingerprint:
-                self._current.close()
+                self.close()
                 self._current = None
                 self.cursor.advance()
         if self._current is None:
@@ -65,13 +67,16 @@ class _RollingVideo:
     def close(self) -> None:
         if self._current is not None:
             self._current.close()
+            self.manifest.record(self.root, str(self._current.dst.relative_to(self.root)))
 
 
 class _RollingParquet:
     """A sequence of parquet files under one template, rolled by (uncompressed) size or rows."""
 
-    def __init__(self, root: Path, template: str, schema: pa.Schema | None, max_bytes: int, max_rows: int | None = None):
-        self.root, self.template, self.schema = root, template, schema
+    def __init__(
+        self, root: Path, template: str, schema: pa.Schema | None, manifest: Manifest, max_bytes: int, max_rows: int | None = None,
+    ):
+        self.root, self.template, self.schema, self.manifest = root, template, schema, manifest
         self.max_bytes, self.max_rows = max_bytes, max_rows
         self.cursor = layout.FileCursor()
         self._writer: pq.ParquetWriter | None = None
@@ -83,7 +88,7 @@ class _RollingParquet:
         if self._writer is not None and (
             self._bytes >= self.max_bytes or (self.max_rows is not None and self._rows >= self.max_rows)
         ):
-            self._writer.close()
+            self.close()
             self._writer = None
             self.cursor.advance()
         if self._writer is None:
@@ -100,6 +105,7 @@ class _RollingParquet:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self.manifest.record(self.root, self.cursor.path(self.template))
 
 
 class DatasetAssembler:
@@ -108,9 +114,10 @@ class DatasetAssembler:
     def __init__(self, root: Path, fps: int, robot_type: str, cameras: tuple[str, ...]):
         self.root, self.fps, self.robot_type, self.cameras = root, fps, robot_type, cameras
         self.features = frame_features()
-        self._data = _RollingParquet(root, layout.DATA_PATH, data_arrow_schema(self.features), layout.DATA_FILE_SIZE_MB << 20)
-        self._meta = _RollingParquet(root, layout.EPISODES_PATH, None, 1 << 62, layout.EPISODES_PER_META_FILE)
-        self._videos = {cam: _RollingVideo(root, camera_feature_key(cam), fps) for cam in cameras}
+        self.manifest = Manifest()
+        self._data = _RollingParquet(root, layout.DATA_PATH, data_arrow_schema(self.features), self.manifest, layout.DATA_FILE_SIZE_MB << 20)
+        self._meta = _RollingParquet(root, layout.EPISODES_PATH, None, self.manifest, 1 << 62, layout.EPISODES_PER_META_FILE)
+        self._videos = {cam: _RollingVideo(root, camera_feature_key(cam), fps, self.manifest) for cam in cameras}
         self._video_features: dict[str, dict[str, Any]] = {}
         self._tasks: dict[str, int] = {}
         self._stats = StatsAggregator()
@@ -130,12 +137,13 @@ class DatasetAssembler:
             )
         return None
 
-    def check_episode(self, record: dict[str, Any]) -> str | None:
-        """Why a staged episode cannot join this dataset, or None if it can."""
+    def check_episode(self, record: dict[str, Any]) -> tuple[str, str] | None:
+        """Which camera keeps a staged episode out of this dataset and why, or None if it can join
+        (the camera, so that the quarantine can name its video file)."""
         for camera in self.cameras:
             problem = self._check_video_shape(camera, record["videos"][camera])
             if problem:
-                return problem
+                return camera, problem
         return None
 
     def add_episode(self, staged_dir: Path, record: dict[str, Any], provenance: dict[str, str | int | float | bool]) -> None:
@@ -247,3 +255,6 @@ class DatasetAssembler:
         )
         meta = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "created_by": f"clap-data {__version__}", **clap_meta}
         (self.root / CLAP_META_PATH).write_text(json.dumps(meta, indent=2) + "\n")
+        for relative in (layout.INFO_PATH, layout.STATS_PATH, layout.TASKS_PATH, layout.QUARANTINE_PATH, CLAP_META_PATH):
+            self.manifest.record(self.root, relative)
+        self.manifest.write(self.root)

@@ -18,6 +18,7 @@ from clap_data.factories.astribot import write_astribot_dataset
 from clap_data.pipelines.ingest import IngestRequest, ingest
 from clap_data.sources.astribot import AstribotSource
 from clap_data.staging import StagingArea
+from tests.lock_holder import lock_held_elsewhere
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -105,10 +106,11 @@ def test_crash_while_replacing_a_dataset_then_rerun_completes(source, uninterrup
 @pytest.mark.usefixtures("ray_local")
 def test_a_second_concurrent_run_on_the_same_output_refuses(source, tmp_path):
     out = tmp_path / "out"
-    with StagingArea(out.absolute()).locked():
-        with pytest.raises(ClapDataError, match=r"another clap-data run \(pid \d+\) is writing"):
+    with lock_held_elsewhere(out, exclusive=True, purpose="ingest") as pid:
+        with pytest.raises(ClapDataError, match=rf"{out} is being written by pid {pid}: ingest: .*add --wait"):
             ingest(AstribotSource(source), IngestRequest(out=out))
     assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.clap-lock"]  # a refused run leaves only the lock
 
 
 @pytest.mark.usefixtures("ray_local")

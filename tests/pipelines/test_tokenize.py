@@ -21,6 +21,7 @@ from clap_data.actions import tokenizer_input
 from clap_data.cli import app
 from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3 import column_update
+from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.lerobot_v3.reader import iter_episode_arrays
 from clap_data.norm_stats import load_norm_stats
 from clap_data.pipelines.tokenize import TokenizeRequest, tokenize_dataset
@@ -151,9 +152,9 @@ def test_interrupted_staging_resumes_finished_files(dataset, tiny_ckpt):
     from clap_data.pipelines.tokenize import tokenizer_identity
 
     identity = tokenizer_identity(model, sha, "openclap:S1-stationary")
-    files = column_update.data_files(dataset)
-    update.prepare({"identity": identity, "files": files})
+    files = DatasetMetadata.load(dataset).data_files()
+    update.prepare({"identity": identity, "files": files}, files)
     with pytest.raises(ClapDataError, match="were not staged"):
-        update.commit({}, {})
+        update.commit({}, {}, files, None)
     report = tokenize_dataset(dataset, TokenizeRequest(ckpt=tiny_ckpt))
     assert report.files == 1 and report.resumed_files == 0 and report.frames == 137
