@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 
 # Ingest the bundled real Astribot S1 sample (or, in a clone without ../shared, a generated one).
 # Exit status 3 means "finished with quarantined episodes": the real sample is built that way.
-# Then a short Act-VAE run on it (small preset; ~2 min on 2 cores): train, tokenize, evaluate on
+# It is verified against its manifest (every frame decoded). Then a short Act-VAE run on it (small
+# preset; ~2 min on 2 cores): train, tokenize, evaluate on
 # the held-out end of the episode, decode one frame's tokens back to an executable chunk.
 demo: $(STAMP)
 	@mkdir -p $(DEMO_DIR)
@@ -35,6 +36,7 @@ demo: $(STAMP)
 	$(VENV)/bin/clap-data ingest astribot --src $$src --out $(DEMO_DIR)/astribot_v3 --overwrite; rc=$$?; \
 	if [ $$rc -ne 0 ] && [ $$rc -ne 3 ]; then exit $$rc; fi; \
 	$(VENV)/bin/clap-data info $(DEMO_DIR)/astribot_v3 && \
+	$(VENV)/bin/clap-data verify $(DEMO_DIR)/astribot_v3 --full && \
 	$(VENV)/bin/clap-data train act-vae --data $(DEMO_DIR)/astribot_v3 --out $(DEMO_DIR)/act_vae --steps 300 --holdout tail --holdout-fraction 0.2 && \
 	$(VENV)/bin/clap-data tokenize act-vae $(DEMO_DIR)/astribot_v3 --ckpt $(DEMO_DIR)/act_vae && \
 	$(VENV)/bin/clap-data eval act-vae $(DEMO_DIR)/astribot_v3 --ckpt $(DEMO_DIR)/act_vae && \
