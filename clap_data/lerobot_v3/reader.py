@@ -27,10 +27,15 @@ def dataset_summary(root: Path) -> dict[str, Any]:
         rows = pq.read_table(quarantine_file).to_pylist() if quarantine_file.is_file() else []
     except (pa.ArrowException, OSError) as exc:
         raise ClapDataError(f"{quarantine_file} cannot be read: {exc}") from None
-    manifest = meta.manifest()
-    if manifest is None:
-        warnings = ["no manifest (meta/clap_manifest.json): written by an older clap-data; `clap-data verify` checks less"]
+    try:
+        manifest = meta.manifest()
+    except ClapDataError as exc:
+        manifest, warnings = None, [str(exc)]
     else:
+        warnings = [] if manifest else [
+            "no manifest (meta/clap_manifest.json): written by an older clap-data; `clap-data verify` checks less"
+        ]
+    if manifest is not None:
         warnings = [f"{problem}: the dataset was changed after clap-data wrote it; run clap-data verify"
                     for problem in manifest.size_problems(meta.root)]
     info = meta.info

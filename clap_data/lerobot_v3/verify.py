@@ -53,7 +53,11 @@ class VerifyReport:
 
 
 def _check_manifest(meta: DatasetMetadata, report: VerifyReport, reporter: Reporter) -> None:
-    manifest = meta.manifest()
+    try:
+        manifest = meta.manifest()
+    except ClapDataError as exc:
+        report.problems.append(str(exc))
+        return
     if manifest is None:
         report.problems.append(f"{MANIFEST_PATH} is missing: the files' sizes and hashes cannot be checked")
         return

@@ -124,3 +124,12 @@ def test_what_is_not_a_dataset_is_one_problem(tmp_path):
     assert result.exit_code == 1 and f"{tmp_path} is not a LeRobot dataset: meta/info.json is missing" in result.output
     result = runner.invoke(app, ["verify", str(tmp_path / "absent")])
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_a_missing_or_garbled_manifest_is_a_problem_and_a_warning(dataset):
+    (dataset / MANIFEST_PATH).write_text("{not json")
+    assert verify_dataset(dataset).problems[0].startswith(f"{dataset / MANIFEST_PATH} cannot be read")
+    warnings = json.loads(runner.invoke(app, ["info", str(dataset), "--json"]).output)["warnings"]
+    assert len(warnings) == 1 and "cannot be read" in warnings[0]
+    (dataset / MANIFEST_PATH).unlink()
+    assert verify_dataset(dataset).problems[0] == f"{MANIFEST_PATH} is missing: the files' sizes and hashes cannot be checked"
