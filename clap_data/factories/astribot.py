@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -34,13 +34,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from clap_data.factories.common import clear_generated, encode_gray_video
+from clap_data import geometry
+from clap_data.factories.common import clear_generated, encode_gray_video, encode_rgb_frames
 
 __all__ = [
     "ASTRIBOT_FPS",
     "KNOWN_CAMERAS",
     "PTS_PER_FRAME",
     "VIDEO_TIME_BASE",
+    "AstribotEpisodeContent",
     "AstribotEpisodeSpec",
     "AstribotSubtask",
     "expected_gray_level",
@@ -68,6 +70,9 @@ PTS_PER_FRAME = 512
 # Cameras of the real robot, in info.json order; their position is the camera number of
 # expected_gray_level.
 KNOWN_CAMERAS = ("head", "left", "right")
+# x265 settings of the real videos: keyframe every 2 frames, no B-frames (what decides seeking).
+_X265_PARAMS = "keyint=2:min-keyint=2:bframes=0:scenecut=0:log-level=error"
+_RGB_CRF = 18  # caller-supplied frames only; the gray ones keep x265's default
 # The command stream runs this many frames ahead of the measured state (real: ~1-2 frames).
 COMMAND_LEAD_FRAMES = 2
 # waypoints_command = the next 40 commanded waypoints of both grippers, 4 ints each (160).
@@ -112,6 +117,8 @@ _ARM_JOINT_RANGE = {
 # Column layout of cartesian_so3_dict.* (34) and joints_dict.* (25).
 CART_DIM = 34
 JOINT_DIM = 25
+# Per arm (left, right) in cartesian_so3_dict.*: xyz, rot6d rows, gripper 0..100 (0 open).
+_ARM_COLUMNS = ((slice(9, 12), slice(12, 18), 18), (slice(19, 22), slice(22, 28), 28))
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,22 @@ class AstribotEpisodeSpec:
     @property
     def episode_chunk(self) -> int:
         return self.episode_index // CHUNKS_SIZE
+
+
+@dataclass(frozen=True)
+class AstribotEpisodeContent:
+    """Arm poses and frames a caller supplies for one episode instead of the factory's own.
+
+    The rendered-motion factory (:mod:`clap_data.factories.rendered`) draws frames from the
+    poses, so both must come from the caller for the pixels to show the recorded motion. Poses are
+    canonical (METHOD.md §1: per arm x, y, z, roll, pitch, yaw, gripper in [-1, 1], +1 closed) and
+    are written in the format's own terms (rot6d rows, gripper 0..100 with 0 open); torso, head,
+    chassis and joints keep the factory's values.
+    """
+
+    state: FloatArray  # [length, 14] measured poses
+    command: FloatArray  # [length, 14] commanded poses
+    frames: Mapping[str, NDArray[np.uint8]]  # camera short name -> [length, height, width, 3] RGB
 
 
 def video_key(camera: str) -> str:
@@ -394,6 +417,31 @@ def _motion(spec: AstribotEpisodeSpec, seed: int) -> _Motion:
     return _Motion(cart_state, cart_command, joints_state, joints_command)
 
 
+def _cart_arms(cart: FloatArray, poses14: FloatArray) -> FloatArray:
+    """``cart`` (n, 34) with both arms' columns replaced by canonical 14-D poses."""
+    poses14 = np.asarray(poses14, dtype=np.float64)
+    if poses14.shape != (len(cart), 14):
+        raise ValueError(f"supplied poses must be ({len(cart)}, 14), got {poses14.shape}")
+    out = cart.copy()
+    for base, (xyz_sl, rot_sl, grip_col) in zip((0, 7), _ARM_COLUMNS, strict=True):
+        out[:, xyz_sl] = poses14[:, base : base + 3]
+        out[:, rot_sl] = geometry.matrix_to_rot6d(geometry.euler_to_matrix(poses14[:, base + 3 : base + 6]))
+        out[:, grip_col] = (poses14[:, base + 6] + 1.0) * 50.0
+    return out
+
+
+def _with_arm_poses(motion: _Motion, content: AstribotEpisodeContent) -> _Motion:
+    """The factory's motion with the caller's arm poses; the joints' gripper entries follow, as
+    they repeat the cartesian ones in the real data."""
+    cart_state = _cart_arms(motion.cart_state, content.state)
+    cart_command = _cart_arms(motion.cart_command, content.command)
+    joints_state, joints_command = motion.joints_state.copy(), motion.joints_command.copy()
+    for cart_arr, joint_arr in ((cart_state, joints_state), (cart_command, joints_command)):
+        joint_arr[:, 14] = cart_arr[:, 18]
+        joint_arr[:, 22] = cart_arr[:, 28]
+    return _Motion(cart_state, cart_command, joints_state, joints_command)
+
+
 def _project(xyz: FloatArray, size: tuple[int, int]) -> IntArray:
     """A made-up linear 'head camera' projection to pixel (u, v), clipped into the image."""
     w, h = size
@@ -485,11 +533,12 @@ def _list_column(values: NDArray[Any], type_: pa.DataType) -> pa.Array:
 
 
 def _episode_table(
-    spec: AstribotEpisodeSpec, first_index: int, task_ids: dict[str, int], seed: int, size: tuple[int, int]
+    spec: AstribotEpisodeSpec, first_index: int, task_ids: dict[str, int], seed: int, size: tuple[int, int],
+    content: AstribotEpisodeContent | None = None,
 ) -> pa.Table:
     n = spec.length
     frames = np.arange(n, dtype=np.int64)
-    motion = _motion(spec, seed)
+    motion = _motion(spec, seed) if content is None else _with_arm_poses(_motion(spec, seed), content)
     wp_state, wp_command, bboxes, keypoints = _annotations(spec, motion, seed, size)
     fine_prompt = np.zeros((n, PROMPT_LEN), dtype=np.int64)
     task_index = np.zeros((n, 2), dtype=np.int64)
@@ -532,8 +581,22 @@ def _encode_gray_video(path: Path, levels: Sequence[int], size: tuple[int, int])
     must seek; an ingester tested on anything else would be tested on the wrong problem.
     """
     encode_gray_video(
-        path, levels, size, ASTRIBOT_FPS, "libx265",
-        {"x265-params": "keyint=2:min-keyint=2:bframes=0:scenecut=0:log-level=error"}, gop=2, stream_time_base=VIDEO_TIME_BASE,
+        path, levels, size, ASTRIBOT_FPS, "libx265", {"x265-params": _X265_PARAMS},
+        gop=2, stream_time_base=VIDEO_TIME_BASE,
+    )
+
+
+def _encode_rgb_video(path: Path, frames: NDArray[np.uint8], size: tuple[int, int], length: int) -> None:
+    """Caller-supplied RGB frames, with the stream settings of :func:`_encode_gray_video` (and a
+    lower CRF, so that textured frames survive within a few levels and tests can compare pixels)."""
+    width, height = size
+    if frames.dtype != np.uint8 or frames.shape != (length, height, width, 3):
+        raise ValueError(
+            f"supplied frames must be uint8 [{length}, {height}, {width}, 3], got {frames.dtype} {frames.shape}"
+        )
+    encode_rgb_frames(
+        path, frames, size, ASTRIBOT_FPS, "libx265", {"x265-params": f"{_X265_PARAMS}:crf={_RGB_CRF}"},
+        gop=2, stream_time_base=VIDEO_TIME_BASE,
     )
 
 
@@ -735,6 +798,7 @@ def write_astribot_dataset(
     with_extra_data: bool = True,
     reuse_videos: bool = False,
     overwrite: bool = False,
+    content: Callable[[AstribotEpisodeSpec], AstribotEpisodeContent] | None = None,
 ) -> Path:
     """Write an Astribot S1 LeRobot v2.0 dataset to ``root`` and return ``root``.
 
@@ -747,11 +811,17 @@ def write_astribot_dataset(
     (copies, not hard links, so a test that corrupts one episode's file in place cannot corrupt
     the others); every video then holds episode 0's gray levels. This makes 1,000-episode
     datasets cheap. ``overwrite`` replaces ``root`` only if it already holds an Astribot dataset.
+
+    ``content``, when given, supplies each episode's arm poses and every camera's frames
+    (:class:`AstribotEpisodeContent`) in place of the factory's motion and gray levels; the
+    episode plan (lengths, instructions) and everything else stay the factory's.
     """
     root = Path(root)
     cameras = tuple(cameras)
     video_size = (int(video_size[0]), int(video_size[1]))
     _check_args(cameras, video_size)
+    if content is not None and reuse_videos:
+        raise ValueError("reuse_videos copies gray videos between episodes; it cannot be combined with content")
     specs = plan_astribot_episodes(episode_lengths, seed)
     if not specs:
         raise ValueError("need at least one episode")
@@ -766,11 +836,17 @@ def write_astribot_dataset(
     for spec, g0 in zip(specs, first_indexes, strict=True):
         data_path = root / DATA_PATH.format(episode_chunk=spec.episode_chunk, episode_index=spec.episode_index)
         data_path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(_episode_table(spec, g0, task_ids, seed, video_size), data_path, compression="snappy")
+        supplied = None if content is None else content(spec)
+        pq.write_table(_episode_table(spec, g0, task_ids, seed, video_size, supplied), data_path, compression="snappy")
         for cam in cameras:
             video_path = root / VIDEO_PATH.format(
                 episode_chunk=spec.episode_chunk, video_key=video_key(cam), episode_index=spec.episode_index
             )
+            if supplied is not None:
+                if cam not in supplied.frames:
+                    raise ValueError(f"episode {spec.episode_index}: the supplied content lacks camera {cam!r}")
+                _encode_rgb_video(video_path, supplied.frames[cam], video_size, spec.length)
+                continue
             template = templates.get((cam, spec.length)) if reuse_videos else None
             if template is not None:
                 video_path.parent.mkdir(parents=True, exist_ok=True)

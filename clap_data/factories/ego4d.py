@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -225,10 +225,18 @@ def _frame(clip_mark: int, frame_index: int, size: tuple[int, int]) -> NDArray[n
     return rgb
 
 
-def _encode_clip(path: Path, spec: Ego4DClipSpec, clip_mark: int, size: tuple[int, int]) -> None:
+def _encode_clip(
+    path: Path, spec: Ego4DClipSpec, clip_mark: int, size: tuple[int, int], rgb: NDArray[np.uint8] | None = None
+) -> None:
     """H.264 (libx264, 2 B-frames, GOP 12) at ``stream_fps``, first pts ``first_pts_frames``,
-    plus a silent AAC track of ``audio_seconds``: the shape of a canonical Ego4D clip."""
+    plus a silent AAC track of ``audio_seconds``: the shape of a canonical Ego4D clip. ``rgb``
+    [frames, height, width, 3] replaces the gray bands when a caller supplies the frames."""
     width, height = size
+    if rgb is not None and (rgb.dtype != np.uint8 or rgb.shape != (spec.frames, height, width, 3)):
+        raise ValueError(
+            f"clip {spec.clip_uid}: supplied frames must be uint8 [{spec.frames}, {height}, {width}, 3], "
+            f"got {rgb.dtype} {rgb.shape}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(1, spec.stream_fps)
     with av.open(str(path), "w", format="mp4") as container:
@@ -241,7 +249,8 @@ def _encode_clip(path: Path, spec: Ego4DClipSpec, clip_mark: int, size: tuple[in
             audio = container.add_stream("aac", rate=AUDIO_RATE)
             audio.layout = "mono"
         for i in range(spec.frames):
-            frame = av.VideoFrame.from_ndarray(_frame(clip_mark, i, size), format="rgb24").reformat(format="yuv420p")
+            image = _frame(clip_mark, i, size) if rgb is None else np.ascontiguousarray(rgb[i])
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
             frame.pts = spec.first_pts_frames + i
             frame.time_base = rate
             for packet in stream.encode(frame):
@@ -462,7 +471,11 @@ def clip_path(root: Path, clip_uid: str) -> Path:
     return Path(root) / CLIPS_DIR / f"{clip_uid}.mp4"
 
 
-def _check_plan(plan: Sequence[Ego4DClipSpec], video_size: tuple[int, int], encode_videos: bool) -> None:
+def _check_plan(
+    plan: Sequence[Ego4DClipSpec], video_size: tuple[int, int], encode_videos: bool, banded: bool = True
+) -> None:
+    """``banded``: the clips get the gray bands (not caller-supplied frames), which limit the
+    clip length and the width."""
     width, height = video_size
     if not plan:
         raise ValueError("need at least one clip")
@@ -470,8 +483,12 @@ def _check_plan(plan: Sequence[Ego4DClipSpec], video_size: tuple[int, int], enco
     for clip in plan:
         if declared.setdefault(clip.video_uid, clip.declared_fps) != clip.declared_fps:
             raise ValueError(f"clips of video {clip.video_uid} declare different fps")
-        if encode_videos and clip.frames > MAX_FRAMES:
+        if encode_videos and banded and clip.frames > MAX_FRAMES:
             raise ValueError(f"clip {clip.clip_uid} has {clip.frames} frames; at most {MAX_FRAMES} can be encoded")
+    if not banded:
+        if width < 16 or width % 2 or height < 16 or height % 2:
+            raise ValueError(f"video_size must be even and at least 16x16, got {video_size}")
+        return
     # Three bands of at least 16 px (one H.264 macroblock each); yuv420p needs even sides.
     if width % 3 or width // 3 < 16 or width % 2 or height < 16 or height % 2:
         raise ValueError(f"video_size must be (3·k·2, even) with bands of at least 16 px, e.g. (48, 32); got {video_size}")
@@ -497,18 +514,21 @@ def write_ego4d_dataset(
     with_narration_json: bool = True,
     encode_videos: bool = True,
     overwrite: bool = False,
+    frames: Callable[[int, Ego4DClipSpec], NDArray[np.uint8]] | None = None,
 ) -> Path:
     """Write an Ego4D FHO download for ``plan`` (default :func:`default_ego4d_plan`) to ``root``.
 
     Clip ``i`` of the plan gets clip mark ``i % 25`` in its frames (:func:`read_frame_marks`).
     ``encode_videos=False`` writes the annotations only (listing tests, benchmarks of the
     listing); ``with_narration_json=False`` leaves narration.json out. ``overwrite`` replaces
-    ``root`` only if it holds a dataset written by this factory.
+    ``root`` only if it holds a dataset written by this factory. ``frames(i, clip)``, when given,
+    supplies clip ``i``'s frames (uint8 ``[clip.frames, height, width, 3]``) instead of the gray
+    bands, e.g. the rendered-motion factory's hands (:mod:`clap_data.factories.rendered`).
     """
     root = Path(root)
     plan = list(default_ego4d_plan(seed) if plan is None else plan)
     video_size = (int(video_size[0]), int(video_size[1]))
-    _check_plan(plan, video_size, encode_videos)
+    _check_plan(plan, video_size, encode_videos, banded=frames is None)
     _prepare_root(root, overwrite)
     metadata, fho_main, narrations = _annotations(plan, seed)
     (root / METADATA_FILE).write_text(json.dumps(metadata))
@@ -518,7 +538,8 @@ def write_ego4d_dataset(
     if encode_videos:
         for index, clip in enumerate(plan):
             if clip.write_file:
-                _encode_clip(clip_path(root, clip.clip_uid), clip, index % GRAY_VALUES, video_size)
+                rgb = None if frames is None else frames(index, clip)
+                _encode_clip(clip_path(root, clip.clip_uid), clip, index % GRAY_VALUES, video_size, rgb)
     return root
 
 
