@@ -106,14 +106,13 @@ def prepare_checkpoint(args: argparse.Namespace) -> str:
     """An untrained model of the preset, seeded: weights do not change the speed of a forward."""
     import torch
 
-    from clap_data.act_vae.checkpoint import save_weights
     from clap_data.act_vae.training import preset_config
-    from clap_data.models import ActVAE
+    from clap_data.models import ActVAE, save_model
 
     ckpt = checkpoint_dir(args)
     if not (ckpt / "config.json").is_file() or not (ckpt / "model.safetensors").is_file():
         torch.manual_seed(0)
-        save_weights(ActVAE(preset_config(args.preset)), ckpt)
+        save_model(ActVAE(preset_config(args.preset)), ckpt)
     model = json.loads((ckpt / "config.json").read_text())
     shape = ", ".join(f"{k} {model[k]}" for k in ("width", "encoder_layers", "num_queries", "codebook_size"))
     size = (ckpt / "model.safetensors").stat().st_size / ingest_bench.MIB

@@ -51,11 +51,12 @@ def building_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_temp_leftovers(directory: Path) -> None:
-    """Delete ``.*.tmp-*`` entries an interrupted run left behind in ``directory``."""
+def remove_temp_leftovers(directory: Path, name: str = "*") -> None:
+    """Delete the temporary names (:func:`temp_sibling`) of ``name`` (default: of anything) that an
+    interrupted run left behind in ``directory``."""
     if not directory.is_dir():
         return
-    for entry in directory.glob(".*.tmp-*"):
+    for entry in directory.glob(f".{name}.tmp-*"):
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
         else:

@@ -6,40 +6,30 @@
       training.json        what produced it: step, datasets, statistics, holdout, last metrics, sha256
       training_state.pt    everything a rerun resumes from (clap_data.train_state): weights, code-usage
                            counts, optimizer, RNG streams, step, log window and the run's settings
+      import.json          instead of the two above in imported weights (clap-data import act-vae): their
+                           source file, its sha256 and format, what was skipped (clap_data.act_vae.importing)
 
-Every file is replaced atomically, ``training_state.pt`` first, so after a crash the resume point is
-complete even if the exported weights are one save behind (a rerun exports them again).
+The first two are any model's checkpoint (:mod:`clap_data.models.checkpoint` writes and reads them); this
+module holds what only an Act-VAE training run adds. Every file is replaced atomically,
+``training_state.pt`` first, so after a crash the resume point is complete even if the exported weights
+are one save behind (a rerun exports them again).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from clap_data.atomic import write_json_atomic
 from clap_data.errors import ClapDataError
-from clap_data.models import ActVAE, checkpoint_sha256
-from clap_data.models.act_vae import WEIGHTS_NAME
+from clap_data.models import ActVAE
+from clap_data.models.checkpoint import CONFIG_NAME, EXPORT_PREFIX, WEIGHTS_NAME, load_model
 
-CONFIG_NAME = "config.json"
 TRAINING_META_NAME = "training.json"
 TRAINING_STATE_NAME = "training_state.pt"
-
-
-def save_weights(model: ActVAE, ckpt: Path) -> str:
-    """Write ``model.safetensors`` + ``config.json`` into ``ckpt`` atomically; return the sha256."""
-    ckpt.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=ckpt, prefix=".export-") as tmp:
-        model.save_pretrained(tmp)
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            os.replace(Path(tmp) / name, ckpt / name)
-    return checkpoint_sha256(ckpt)
+IMPORT_META_NAME = "import.json"
 
 
 def write_training_meta(ckpt: Path, meta: dict[str, Any]) -> None:
@@ -59,27 +49,26 @@ def read_training_meta(ckpt: Path) -> dict[str, Any]:
 def load_act_vae(ckpt: Path, device: str = "cpu") -> tuple[ActVAE, str]:
     """The model in eval mode on ``device`` and its sha256 identity, from a local checkpoint folder
     (a Hub repo id works too once downloaded: ``ActVAE.from_pretrained`` takes either)."""
-    ckpt = Path(ckpt)
-    missing = [name for name in (WEIGHTS_NAME, CONFIG_NAME) if not (ckpt / name).is_file()]
-    if missing:
-        raise ClapDataError(f"{ckpt} is not an Act-VAE checkpoint: {', '.join(missing)} missing (train one with: clap-data train act-vae)")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the hub mixin prints "Loading weights from local directory"
-            model = ActVAE.from_pretrained(ckpt)
-    except (OSError, ValueError, RuntimeError, TypeError) as exc:
-        raise ClapDataError(f"{ckpt} cannot be loaded as an Act-VAE checkpoint: {exc}") from None
-    return model.to(device).eval(), checkpoint_sha256(ckpt)
+    hint = "train one with clap-data train act-vae, or import released weights with clap-data import act-vae"
+    return load_model(ActVAE, ckpt, device, kind="an Act-VAE", hint=hint)
+
+
+_CHECKPOINT_FILES = {WEIGHTS_NAME, CONFIG_NAME, TRAINING_META_NAME, TRAINING_STATE_NAME, IMPORT_META_NAME}
+
+
+def refuse_foreign_files(ckpt: Path) -> None:
+    """Refuse a folder holding anything but a checkpoint's files: ``--overwrite`` never deletes other work."""
+    foreign = [p.name for p in ckpt.iterdir() if p.name not in _CHECKPOINT_FILES and not p.name.startswith(".")]
+    if foreign:
+        raise ClapDataError(f"{ckpt} holds files that are not a checkpoint's ({', '.join(sorted(foreign)[:3])}); refusing to overwrite it")
 
 
 def clear_checkpoint(ckpt: Path) -> None:
     """Remove what a checkpoint folder holds (``--overwrite``), refusing folders that are not one."""
     if not ckpt.exists():
         return
-    known = {WEIGHTS_NAME, CONFIG_NAME, TRAINING_META_NAME, TRAINING_STATE_NAME, ".lock"}
-    foreign = [p.name for p in ckpt.iterdir() if p.name not in known and not p.name.startswith(".")]
-    if foreign:
-        raise ClapDataError(f"{ckpt} holds files that are not a checkpoint's ({', '.join(sorted(foreign)[:3])}); refusing to overwrite it")
-    for name in known - {".lock"}:
+    refuse_foreign_files(ckpt)
+    for name in _CHECKPOINT_FILES:
         (ckpt / name).unlink(missing_ok=True)
-    for leftover in ckpt.glob(".export-*"):
+    for leftover in ckpt.glob(f"{EXPORT_PREFIX}*"):
         shutil.rmtree(leftover, ignore_errors=True)

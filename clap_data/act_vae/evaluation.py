@@ -35,6 +35,8 @@ from clap_data.models.quantizer import perplexity_from_counts
 from clap_data.schemas import ARM_SLICES, POSE14_NAMES
 
 PEAK = 2.0  # R: normalised data spans [-1, 1]
+NOTHING_HELD_OUT = Holdout("tail", 0.0)  # its training side is every chunk start of every episode
+EVERY_CHUNK = "no training split: scoring every chunk"
 ARM_DOFS = len(POSE14_NAMES) // 2
 
 
@@ -63,7 +65,7 @@ class EvalReport:
     code_usage: float
     perplexity: float
     dead_codes: int
-    holdout: dict[str, object]
+    holdout: dict[str, object] | None  # None: every chunk was scored (a checkpoint with no training split)
     stats_ids: dict[str, str]
     device: str
     notice: str = ""  # e.g. that a subset of episodes was scored (max_frames)
@@ -139,7 +141,7 @@ def evaluate_act_vae(
     ckpt: Path,
     roots: list[Path],
     stats: str = "openclap",
-    holdout: Holdout = Holdout(),
+    holdout: Holdout | None = Holdout(),
     batch_size: int = 512,
     device: str = "auto",
     max_frames: int = DEFAULT_MAX_FRAMES,
@@ -147,7 +149,8 @@ def evaluate_act_vae(
     """Reconstruction quality of ``ckpt`` on the held-out chunks of ``roots``; see the module docstring.
 
     Pass the ``stats`` and ``holdout`` the checkpoint was trained with, or the "held-out" chunks may
-    include training data.
+    include training data. ``holdout=None`` scores every chunk, for weights trained on none of ``roots``
+    (an import has no training split): the training side of a split that holds nothing out.
     """
     if not roots:
         raise ClapDataError("no datasets given to evaluate the Act-VAE on")
@@ -156,7 +159,8 @@ def evaluate_act_vae(
     where = pick_device(device)
     model, sha256 = load_act_vae(Path(ckpt), str(where))
     _check_model(model, Path(ckpt))
-    pool = ChunkPool([Path(r) for r in roots], stats, holdout, held_out=True, max_frames=max_frames)
+    split, held_out = (NOTHING_HELD_OUT, False) if holdout is None else (holdout, True)
+    pool = ChunkPool([Path(r) for r in roots], stats, split, held_out=held_out, max_frames=max_frames)
     totals = ErrorTotals(model.config.codebook_size)
     for position, chunks, arms in pool.batches(batch_size):
         recon, indices = reconstruct(model, chunks.to(where))
@@ -168,6 +172,7 @@ def evaluate_act_vae(
         ckpt=str(ckpt), sha256=sha256, num_queries=model.config.num_queries, codebook_size=size,
         chunks=totals.chunks, normalised_mse=totals.normalised_mse, psnr_db=psnr_db(totals.normalised_mse),
         per_dof_mse=totals.per_dof_mse(), code_usage=used / size, perplexity=perplexity_from_counts(totals.code_counts),
-        dead_codes=size - used, holdout=holdout.to_dict(), stats_ids={str(d.root): d.stats.stats_id for d in pool.datasets},
-        device=str(where), notice=pool.notice,
+        dead_codes=size - used, holdout=None if holdout is None else holdout.to_dict(),
+        stats_ids={str(d.root): d.stats.stats_id for d in pool.datasets}, device=str(where),
+        notice="; ".join(n for n in (pool.notice, EVERY_CHUNK if holdout is None else "") if n),
     )

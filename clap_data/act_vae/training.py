@@ -6,6 +6,9 @@ optimizer group at ``codebook_lr_scale`` × the learning rate, and dead codes (u
 last check) re-seeded from live codes every ``dead_code_check_every`` steps. It saves every
 ``save_every`` steps and at the end; rerunning the same command resumes from the last save, and asking
 for more steps than a finished run had continues it; other settings are refused unless ``overwrite``.
+A fine-tune (``options.init``: an imported or trained checkpoint folder) builds that folder's model and
+loads its weights before step 0; their sha256 is one of the run's settings, so another ``--init`` is
+refused too, and a resumed fine-tune restores its own saved weights, not the init's.
 
 A resumed run (after a clean stop or a ``kill -9``) gives the same bytes as an uninterrupted one on a CPU:
 the save holds everything the rest of the loop reads (:mod:`clap_data.train_state`): weights, optimizer,
@@ -16,6 +19,7 @@ the exported weights cannot strand the run: a rerun with nothing left to train e
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,14 +33,14 @@ from clap_data import train_state
 from clap_data.act_vae.checkpoint import (
     TRAINING_STATE_NAME,
     clear_checkpoint,
+    load_act_vae,
     read_training_meta,
-    save_weights,
     write_training_meta,
 )
 from clap_data.act_vae.chunk_pool import DEFAULT_MAX_FRAMES, ChunkPool, Holdout
 from clap_data.errors import ClapDataError
 from clap_data.locking import exclusive_lock
-from clap_data.models import ActVAE, ActVAEConfig
+from clap_data.models import ActVAE, ActVAEConfig, checkpoint_sha256, save_model
 
 PRESETS: dict[str, Callable[[], ActVAEConfig]] = {"release": ActVAEConfig.release, "small": ActVAEConfig.small}
 # Table IX: the release VAE trains at 2e-5 (codebook ×50 = 1e-3). The small preset is ~100× smaller
@@ -77,6 +81,7 @@ class TrainOptions:
     log_every: int = 25
     overwrite: bool = False
     max_frames: int = DEFAULT_MAX_FRAMES  # frames held in memory; more means a fixed random subset of episodes
+    init: Path | None = None  # a checkpoint folder whose weights a fresh run starts from (act_vae.fine_tuning)
 
 
 @dataclass
@@ -106,9 +111,13 @@ class TrainReport:
     notice: str = ""  # e.g. that a subset of episodes was used (--max-frames)
 
 
-def _run_identity(roots: list[Path], preset: str, config: ActVAEConfig, options: TrainOptions, lr: float) -> dict[str, Any]:
-    """What must match for a rerun to resume rather than start afresh."""
-    return {
+def _run_identity(
+    roots: list[Path], preset: str | None, config: ActVAEConfig, options: TrainOptions, lr: float,
+    init_sha256: str | None,
+) -> dict[str, Any]:
+    """What must match for a rerun to resume rather than start afresh. ``init_sha256`` is there only for a
+    fine-tune, so that runs saved before ``--init`` existed still resume."""
+    identity = {
         "datasets": [str(Path(r).resolve()) for r in roots],
         "preset": preset,
         "config": config.to_dict(),
@@ -119,6 +128,26 @@ def _run_identity(roots: list[Path], preset: str, config: ActVAEConfig, options:
         "seed": options.seed,
         "max_frames": options.max_frames,
     }
+    return identity if init_sha256 is None else {**identity, "init_sha256": init_sha256}
+
+
+def _init_sha256(init: Path, ckpt: Path) -> str:
+    """The identity of the weights a fine-tune starts from."""
+    if Path(init).resolve() == ckpt.resolve():
+        raise ClapDataError(f"--init {init} is the --out folder; a fine-tune writes a checkpoint of its own")
+    try:
+        return checkpoint_sha256(init)
+    except FileNotFoundError:
+        raise ClapDataError(f"--init {init} is not an Act-VAE checkpoint (no model.safetensors)") from None
+
+
+def _start_from(model: ActVAE, init: Path) -> None:
+    """Put the weights of the checkpoint folder ``init`` into a freshly built ``model`` (before step 0)."""
+    initial, _ = load_act_vae(init)
+    if initial.config != model.config:
+        differ = sorted(k for k, v in initial.config.to_dict().items() if model.config.to_dict()[k] != v)
+        raise ClapDataError(f"--init {init} holds another model than this run's ({', '.join(differ)} differ)")
+    model.load_state_dict(initial.state_dict())
 
 
 def _resume(ckpt: Path, identity: dict[str, Any], options: TrainOptions) -> dict[str, Any] | None:
@@ -132,9 +161,12 @@ def _resume(ckpt: Path, identity: dict[str, Any], options: TrainOptions) -> dict
             raise ClapDataError(f"{ckpt} exists and is not a resumable Act-VAE run; choose another --out or pass --overwrite")
         return None
     saved = train_state.load(state_file)
-    run = saved["extra"].get("run", {})
+    run = dict(saved["extra"].get("run", {}))
+    if isinstance(run.get("config"), dict):  # a run saved before a config field existed has its default
+        with contextlib.suppress(TypeError, ValueError):  # else the comparison names the difference
+            run["config"] = ActVAEConfig(**run["config"]).to_dict()
     if run != identity:
-        changed = sorted(k for k in identity if run.get(k) != identity[k])
+        changed = sorted(k for k in identity.keys() | run.keys() if run.get(k) != identity.get(k))
         raise ClapDataError(
             f"{ckpt} holds a run with other settings ({', '.join(changed)} differ); "
             "pass --overwrite to start afresh or choose another --out"
@@ -144,7 +176,7 @@ def _resume(ckpt: Path, identity: dict[str, Any], options: TrainOptions) -> dict
 
 def _export(ckpt: Path, model: ActVAE, meta: dict[str, Any]) -> str:
     """The weights, then ``training.json`` (``meta`` plus their sha256); returns the sha256."""
-    sha = save_weights(model, ckpt)
+    sha = save_model(model, ckpt)
     write_training_meta(ckpt, {**meta, "sha256": sha})
     return sha
 
@@ -161,19 +193,25 @@ def _save_state(
 def train_act_vae(
     roots: list[Path],
     ckpt: Path,
-    preset: str = "small",
+    preset: str | None = "small",
     config: ActVAEConfig | None = None,
     options: TrainOptions | None = None,
     on_progress: Callable[[StepMetrics, int], None] | None = None,
 ) -> TrainReport:
-    """Train (or resume training) into the checkpoint folder ``ckpt``; see the module docstring."""
+    """Train (or resume training) into the checkpoint folder ``ckpt``; see the module docstring. A fine-tune
+    (``options.init``) passes ``init``'s config and the preset it is, None for none
+    (:func:`clap_data.act_vae.fine_tuning.init_config`)."""
     options = options or TrainOptions()
-    config = config or preset_config(preset)
+    config = config or preset_config(preset or "small")
     if options.steps < 1 or options.batch_size < 1 or options.save_every < 1 or options.log_every < 1:
         raise ClapDataError("steps, batch size, save and log intervals must all be at least 1")
-    lr = options.learning_rate or DEFAULT_LEARNING_RATE.get(preset, DEFAULT_LEARNING_RATE["small"])
-    identity = _run_identity(roots, preset, config, options, lr)
+    default_lr = DEFAULT_LEARNING_RATE.get(preset, DEFAULT_LEARNING_RATE["small"]) if preset else None
+    lr = options.learning_rate or default_lr
+    if lr is None:
+        raise ClapDataError("the model is no preset's, so it has no default learning rate; pass --lr")
     ckpt = Path(ckpt)
+    init_sha256 = None if options.init is None else _init_sha256(options.init, ckpt)
+    identity = _run_identity(roots, preset, config, options, lr, init_sha256)
     device = pick_device(options.device)
     started = time.perf_counter()
     with exclusive_lock(ckpt / ".lock", ckpt):
@@ -189,8 +227,10 @@ def train_act_vae(
             "run": identity, "step": 0, "window_loss": [], "window_mse": [],
             "hits": torch.zeros(config.codebook_size, dtype=torch.int64), "last": None,
         }
-        if saved is not None:
+        if saved is not None:  # a resumed fine-tune restores its own weights, not the init's
             loop = train_state.restore(saved, model, optimizer, generators={"batches": rng})
+        elif options.init is not None:
+            _start_from(model, options.init)
         step, hits = int(loop["step"]), loop["hits"].to(device)
         last = StepMetrics(**loop["last"]) if loop["last"] else None
         resumed_from = step
@@ -199,6 +239,7 @@ def train_act_vae(
             return {
                 "run": identity, "step": step, "train_chunks": len(pool), "last": last.__dict__ if last else None,
                 "device": str(device), "stats_ids": {str(d.root): d.stats.stats_id for d in pool.datasets},
+                **({"init_ckpt": str(Path(options.init).resolve())} if options.init else {}),
             }
 
         if step >= options.steps:

@@ -1,5 +1,5 @@
-"""Act-VAE commands: ``train act-vae``, ``tokenize act-vae``, ``detokenize``, ``eval act-vae``,
-``sweep act-vae``. The verb comes first (as in ``clap-data ingest SOURCE``) so that the VD-VAE can
+"""Act-VAE commands: ``train act-vae``, ``import act-vae``, ``tokenize act-vae``, ``detokenize``,
+``eval act-vae``, ``sweep act-vae``. The verb comes first (as in ``clap-data ingest SOURCE``) so that the VD-VAE can
 join the same verbs later (``train vd-vae``)."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def _verb(name: str, help_text: str) -> typer.Typer:
 
 
 train_app = _verb("train", "Train a tokenizer.")
+import_app = _verb("import", "Bring released weights in as a checkpoint folder.")
 tokenize_app = _verb("tokenize", "Add token columns to datasets.")
 eval_app = _verb("eval", "Evaluate a tokenizer on held-out data.")
 sweep_app = _verb("sweep", "Rate–distortion sweeps (the paper's Table V).")
@@ -48,12 +49,16 @@ def _holdout(mode: str, fraction: float):  # noqa: ANN202  (imports stay lazy: -
     return Holdout(mode, fraction)
 
 
+_PRESET_HELP = "small (CPU, minutes; the default) or release (METHOD.md §3, ~72 M parameters); --init: its own."
+_INIT_HELP = "Fine-tune from this checkpoint folder (imported or trained): its model and its weights are the start."
+
+
 @train_app.command("act-vae", no_args_is_help=True)
 @user_errors
 def train_act_vae(
     data: Annotated[list[Path], typer.Option(help="Unified robot datasets (repeat the option); embodiments mix.")],
     out: Annotated[Path, typer.Option(help="Checkpoint folder (safetensors + config.json); rerunning resumes it.")],
-    preset: Annotated[str, typer.Option(help="small (CPU, minutes) or release (METHOD.md §3, ~95 M parameters).")] = "small",
+    preset: Annotated[str | None, typer.Option(help=_PRESET_HELP)] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps in total (a finished run asked for more continues).")] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="One-arm chunks per step.")] = 128,
     lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate (default: the preset's; the codebook gets ×codebook_lr_scale).")] = None,
@@ -66,18 +71,24 @@ def train_act_vae(
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch sampling.")] = 0,
     save_every: Annotated[int, typer.Option(min=1, help="Save (and make resumable) every N steps.")] = 500,
     max_frames: MaxFramesOption = 20_000_000,
+    init: Annotated[Path | None, typer.Option(help=_INIT_HELP)] = None,
     overwrite: Annotated[bool, typer.Option(help="Discard a checkpoint at --out and start afresh.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Train the Act-VAE on the datasets' action chunks (single-arm data contributes its active arm)."""
+    from clap_data.act_vae.fine_tuning import init_config
     from clap_data.act_vae.training import TrainOptions, preset_config
     from clap_data.act_vae.training import train_act_vae as run_training
 
     _check_stats(stats)
-    config = preset_config(preset, num_queries=num_queries, codebook_size=codebook_size)
+    if init is None:
+        preset = preset or "small"
+        config = preset_config(preset, num_queries=num_queries, codebook_size=codebook_size)
+    else:
+        config, preset = init_config(init, preset, num_queries=num_queries, codebook_size=codebook_size)
     options = TrainOptions(
         steps=steps, batch_size=batch_size, learning_rate=lr, stats=stats, holdout=_holdout(holdout, holdout_fraction),
-        device=device, seed=seed, save_every=save_every, overwrite=overwrite, max_frames=max_frames,
+        device=device, seed=seed, save_every=save_every, overwrite=overwrite, max_frames=max_frames, init=init,
     )
     columns = (
         TextColumn("[bold]train act-vae"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
@@ -110,6 +121,8 @@ def train_act_vae(
     else:
         resumed = f", resumed from step {report.resumed_from}" if report.resumed_from else ""
         table.add_row("train", f"{report.steps} steps on {report.device} in {report.seconds:.1f} s{resumed}")
+    if init is not None:
+        table.add_row("init", f"fine-tuned from {init}")
     table.add_row("chunks", f"{report.train_chunks:,} one-arm training chunks")
     if report.notice:
         table.add_row("note", report.notice)
@@ -117,6 +130,55 @@ def train_act_vae(
         table.add_row("last", f"loss {report.last.loss:.5f}, reconstruction MSE {report.last.recon_mse:.5f}, codes used {report.last.code_usage:.0%}")
     table.add_row("checkpoint", f"{report.ckpt} (sha256 {report.sha256[:16]}…)")
     stdout.print(table)
+
+
+_LOADERS = {
+    "safetensors": "tensors only",
+    "weights-only": "read with torch.load(weights_only=True)",
+    "restricted-unpickler": "read without running any of its code (restricted unpickler)",
+    "trusted-pickle": "unpickled in full (--trust-pickle): its code ran",
+}
+_RELEASE_FILE_HELP = "The released file: a Lightning .ckpt, a torch.save-d state dict or a .safetensors file."
+_TRUST_PICKLE_HELP = (
+    "If the safe reader refuses the file, unpickle it in full: that EXECUTES the file's code (for a file you trust)."
+)
+
+
+@import_app.command("act-vae", no_args_is_help=True)
+@user_errors
+def import_act_vae(
+    release_file: Annotated[Path, typer.Argument(metavar="CKPT", help=_RELEASE_FILE_HELP)],
+    out: Annotated[Path, typer.Option(help="Checkpoint folder to write (for tokenize, detokenize, eval, --init).")],
+    release: Annotated[str, typer.Option("--from", help="Whose release: openclap (clap-s1-l32 and its variants).")],
+    trust_pickle: Annotated[bool, typer.Option(help=_TRUST_PICKLE_HELP)] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the checkpoint folder at --out (no other folder).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print import.json, the folder and the config.")] = False,
+) -> None:
+    """Turn released Act-VAE weights into a clap-data checkpoint folder, without running the file's code."""
+    from clap_data.act_vae.importing import RELEASES
+    from clap_data.act_vae.importing import import_act_vae as run_import
+
+    if release not in RELEASES:
+        raise typer.BadParameter(f"{release!r} is not one of {', '.join(RELEASES)}", param_hint="--from")
+    report = run_import(release_file, out, release=release, trust_pickle=trust_pickle, overwrite=overwrite)
+    if as_json:
+        print(json.dumps({"out": str(report.out), **report.to_dict(), "config": report.config.to_dict()}))
+        return
+    c, read = report.config, report.source
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("import", f"{read['path']} ({read['format']}, {_LOADERS[read['loader']]})")
+    layers = f"{c.encoder_layers} + {c.decoder_layers} layers"
+    table.add_row("model", f"{c.architecture} network: Nq {c.num_queries} per arm, K {c.codebook_size}, code dim "
+                           f"{c.code_dim}, {layers}, {report.parameters:,} parameters")
+    table.add_row("checkpoint", f"{report.out} (sha256 {report.sha256[:16]}…)")
+    table.add_row("statistics", "openclap, the release's q01/q99 table: tokenize act-vae and eval act-vae use it "
+                                "by default (--stats openclap)")
+    for notice in report.notices:
+        table.add_row("note", notice)
+    table.add_row("next", f"clap-data tokenize act-vae DATASET --ckpt {report.out} --stats openclap")
+    stdout.print(table, highlight=False)
 
 
 @tokenize_app.command("act-vae", no_args_is_help=True)
@@ -196,14 +258,24 @@ def detokenize(
 
 def _eval_split(ckpt: Path, stats: str | None, holdout: str | None, fraction: float | None):  # noqa: ANN202
     """The checkpoint's own training split and statistics unless overridden: scoring on other
-    "held-out" chunks would silently include training data."""
+    "held-out" chunks would silently include training data. Weights without a training split (an import:
+    no training.json) score every chunk (split None) unless --holdout asks for one."""
     from clap_data.act_vae.checkpoint import read_training_meta
 
-    run = read_training_meta(ckpt).get("run", {})
-    trained = run.get("holdout", {"mode": "episodes", "fraction": 0.1})
+    meta = read_training_meta(ckpt)
+    run = meta.get("run", {})
     stats = stats or run.get("stats", "openclap")
     _check_stats(stats)
+    if not meta and holdout is None:
+        if fraction is not None:
+            hint = "--holdout-fraction"
+            raise typer.BadParameter(f"{ckpt} has no training split: name one with --holdout", param_hint=hint)
+        return stats, None
+    trained = run.get("holdout", {"mode": "episodes", "fraction": 0.1})
     return stats, _holdout(holdout or trained["mode"], trained["fraction"] if fraction is None else fraction)
+
+
+_EVAL_HOLDOUT_HELP = "episodes or tail (default: the checkpoint's training split; an import has none: every chunk)."
 
 
 @eval_app.command("act-vae", no_args_is_help=True)
@@ -212,7 +284,7 @@ def eval_act_vae(
     datasets: Annotated[list[Path], typer.Argument(help="Unified robot datasets.")],
     ckpt: Annotated[Path, typer.Option(help="An Act-VAE checkpoint folder.")],
     stats: Annotated[str | None, typer.Option(help="openclap or dataset (default: what the checkpoint was trained with).")] = None,
-    holdout: Annotated[str | None, typer.Option(help="episodes or tail (default: the checkpoint's training split).")] = None,
+    holdout: Annotated[str | None, typer.Option(help=_EVAL_HOLDOUT_HELP)] = None,
     holdout_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Default: the checkpoint's.")] = None,
     device: DeviceOption = "auto",
     max_frames: MaxFramesOption = 20_000_000,
@@ -230,7 +302,11 @@ def eval_act_vae(
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     table.add_row("checkpoint", f"{ckpt} (sha256 {report.sha256[:16]}…, Nq {report.num_queries}, K {report.codebook_size})")
-    table.add_row("held out", f"{report.chunks:,} one-arm chunks ({split.mode}, {split.fraction:.0%}), statistics {stats}")
+    if split is None:
+        table.add_row("scored", f"{report.chunks:,} one-arm chunks, statistics {stats}")
+    else:
+        scope = f"({split.mode}, {split.fraction:.0%})"
+        table.add_row("held out", f"{report.chunks:,} one-arm chunks {scope}, statistics {stats}")
     table.add_row("normalised", f"MSE {report.normalised_mse:.6f}, PSNR {report.psnr_db:.2f} dB")
     table.add_row("codes", f"{report.code_usage:.0%} used, perplexity {report.perplexity:.1f}, {report.dead_codes} dead")
     if report.notice:

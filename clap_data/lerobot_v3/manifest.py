@@ -11,21 +11,16 @@ replaced, checked cheaply (sizes) by ``info`` and column updates and fully (hash
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clap_data.atomic import write_text_atomic
 from clap_data.errors import ClapDataError
+from clap_data.hashing import file_sha256
 
 MANIFEST_PATH = "meta/clap_manifest.json"
 MANIFEST_VERSION = 1
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclass

@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 
 from clap_data import video
 from clap_data.errors import ClapDataError
+from clap_data.hashing import file_sha256
 from clap_data.lerobot_v3 import layout
-from clap_data.lerobot_v3.manifest import MANIFEST_PATH, file_sha256
+from clap_data.lerobot_v3.manifest import MANIFEST_PATH
 from clap_data.lerobot_v3.metadata import EPISODE_COLUMNS, DatasetMetadata
 from clap_data.progress import Reporter, SilentReporter
 from clap_data.schemas import data_arrow_schema

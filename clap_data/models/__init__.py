@@ -1,18 +1,13 @@
-"""Neural tokenizers of the CLAP pipeline: the Act-VAE (stage 1) and its vector quantiser.
+"""Neural tokenizers of the CLAP pipeline: the Act-VAE (stage 1), its vector quantiser, and what every
+model shares: the token orders and text form (``tokens``) and the checkpoint folder (``checkpoint``).
 
 Training, tokenizing, decoding and evaluation built on these modules live in ``clap_data.act_vae``.
 """
 
-from clap_data.models.act_vae import (
-    TOKEN_ORDER_STORAGE,
-    TOKEN_ORDER_TEXT,
-    ActVAE,
-    ActVAEConfig,
-    checkpoint_sha256,
-    parse_text_tokens,
-    text_tokens,
-)
+from clap_data.models.act_vae import ActVAE, ActVAEConfig
+from clap_data.models.checkpoint import checkpoint_sha256, load_model, save_model
 from clap_data.models.quantizer import VectorQuantizer, code_usage, perplexity
+from clap_data.models.tokens import TOKEN_ORDER_STORAGE, TOKEN_ORDER_TEXT, parse_text_tokens, text_tokens
 
 __all__ = [
     "TOKEN_ORDER_STORAGE",
@@ -22,7 +17,9 @@ __all__ = [
     "VectorQuantizer",
     "checkpoint_sha256",
     "code_usage",
+    "load_model",
     "parse_text_tokens",
     "perplexity",
+    "save_model",
     "text_tokens",
 ]

@@ -2,33 +2,34 @@
 
 A VQ-VAE over **one arm's** normalised chunk ``[32, 7]`` (Δp, ΔEuler, gripper; about [-1, 1]). Both arms
 of a dual-arm chunk ``[32, 14]`` (left = dims 0:7, right = dims 7:14) are encoded separately with the same
-weights, giving ``Nq`` codes per arm.
+weights, giving ``Nq`` codes per arm. ``ActVAEConfig.architecture`` chooses the network between the
+quantiser's two sides:
 
-* Encoder: Linear(7→width) per step + learned step positions; ``Nq`` learned register tokens are
-  prepended; a pre-norm transformer encoder runs over the joint sequence; the ``Nq`` register outputs →
-  Linear(width→code_dim) = ``z_e`` → nearest code (``VectorQuantizer``).
-* Decoder: the ``Nq`` code vectors → Linear(code_dim→width) + learned code positions, followed by 32
-  learned queries (learned query vectors, which double as positions); the same kind of transformer; the
-  last 32 outputs → Linear(width→7).
-* Loss: ``||a − â||² + ||sg(z_e) − z_q||² + β·||z_e − sg(z_q)||²`` (each term a mean over elements),
-  straight-through estimator.
+* ``"openclap"``: the released network, op for op (:mod:`clap_data.models.openclap_act_vae`), held as
+  ``action_vae`` so the release's checkpoints load tensor for tensor. The ``release`` preset.
+* ``"clap-data"``: this project's first network, which checkpoints written before the field existed hold
+  (their ``config.json`` has no ``architecture``, so it is the default). The ``small`` preset.
 
-All positional encodings are learned parameters, so they live on the module's device (the released code
-built sinusoidal tables with a hard-coded ``.cuda()``; nothing here names a device).
+  - Encoder: Linear(7→width) per step + learned step positions; ``Nq`` learned register tokens are
+    prepended; a pre-norm transformer encoder runs over the joint sequence; the ``Nq`` register outputs →
+    Linear(width→code_dim) = ``z_e``.
+  - Decoder: the ``Nq`` code vectors → Linear(code_dim→width) + learned code positions, followed by 32
+    learned queries (learned query vectors, which double as positions); the same kind of transformer; the
+    last 32 outputs → Linear(width→7).
 
-Token order: **storage** is per arm, left arm's ``Nq`` codes then the right arm's (``tokenize_dual``);
-the **text** form fed to the policy is ``<ACT_i>`` with the right arm's codes first, then the left's
-(``text_tokens``). Both orders are exported as constants for the token metadata.
+Both: ``z_e`` → nearest code (``VectorQuantizer``); straight-through estimator; loss
+``||a − â||² + ||sg(z_e) − z_q||² + β·||z_e − sg(z_q)||²`` (each term a mean over elements). All positional
+encodings are learned parameters, so they live on the module's device (nothing here names a device).
+
+Token order: **storage** is per arm, left arm's ``Nq`` codes then the right arm's (``tokenize_dual``); the
+**text** form fed to the policy puts the right arm's first (:mod:`clap_data.models.tokens`).
 
 NB: this module deliberately does not use ``from __future__ import annotations``: huggingface_hub's mixin
 reads the ``__init__`` annotation to rebuild the ``ActVAEConfig`` dataclass from ``config.json``.
 """
 
 import dataclasses
-import hashlib
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,17 +37,22 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from clap_data.models.openclap_act_vae import POSITION_ROWS, OpenCLAPActionVAE, skip_blocks
 from clap_data.models.quantizer import VectorQuantizer
 
-TOKEN_ORDER_STORAGE = "left_then_right"  # tokenize_dual / detokenize_dual / parse_text_tokens
-TOKEN_ORDER_TEXT = "right_then_left"  # text_tokens, the policy's "<ACT_i>" text
-WEIGHTS_NAME = "model.safetensors"
-_TOKEN_RE = re.compile(r"<ACT_(\d+)>")
+CLAP_DATA = "clap-data"
+OPENCLAP = "openclap"
+ARCHITECTURES = (CLAP_DATA, OPENCLAP)
 
 
 @dataclass
 class ActVAEConfig:
-    """Hyper-parameters of the Act-VAE. The defaults are the release settings (METHOD.md §3)."""
+    """Hyper-parameters of the Act-VAE (METHOD.md §3); ``release()`` and ``small()`` are the presets.
+
+    ``architecture`` defaults to ``"clap-data"`` because a ``config.json`` written before the field existed
+    leaves it out and must rebuild the network it was trained with; the other defaults are the release's
+    sizes except ``heads`` and ``mlp_ratio`` (the release: 4 and 2.0).
+    """
 
     chunk_size: int = 32
     action_dim: int = 7
@@ -66,8 +72,11 @@ class ActVAEConfig:
     # noise) or "latents" (random encoder outputs of the current batch, which revives codes faster
     # on small data; the small preset uses it).
     reseed_from: str = "live_codes"
+    architecture: str = CLAP_DATA  # "clap-data" or "openclap" (module docstring)
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be {' or '.join(ARCHITECTURES)}, got {self.architecture!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.reseed_from not in ("live_codes", "latents"):
@@ -77,18 +86,27 @@ class ActVAEConfig:
         for name in ("chunk_size", "action_dim", "num_queries", "code_dim", "width", "encoder_layers", "decoder_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.architecture == OPENCLAP:
+            skip_blocks(self.encoder_layers, "encoder")
+            skip_blocks(self.decoder_layers, "decoder")
+            if self.num_queries + self.chunk_size > POSITION_ROWS:
+                raise ValueError(
+                    f"the openclap architecture's position tables have {POSITION_ROWS} rows, fewer than "
+                    f"num_queries + chunk_size = {self.num_queries + self.chunk_size}"
+                )
 
     @classmethod
     def release(cls) -> "ActVAEConfig":
-        """The released model's settings: Nq 8 per arm, K 512, code dim 128, width 512, 15 + 15 layers."""
-        return cls()
+        """The released network and settings: openclap, Nq 8 per arm, K 512, code dim 128, width 512, 4 heads,
+        feed-forward 1024, 15 + 15 layers (71,941,767 parameters)."""
+        return cls(architecture=OPENCLAP, heads=4, mlp_ratio=2.0)
 
     @classmethod
     def small(cls) -> "ActVAEConfig":
-        """A model that trains on a CPU in minutes (tests, smoke runs)."""
+        """A clap-data network that trains on a CPU in minutes (tests, smoke runs)."""
         return cls(
-            num_queries=8, codebook_size=256, code_dim=64, width=128, encoder_layers=2, decoder_layers=2, heads=4,
-            dead_code_check_every=50, reseed_from="latents",
+            architecture=CLAP_DATA, num_queries=8, codebook_size=256, code_dim=64, width=128, encoder_layers=2,
+            decoder_layers=2, heads=4, dead_code_check_every=50, reseed_from="latents",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +152,16 @@ class ActVAE(
         self.config = config
         self._hub_mixin_config = config  # what save_pretrained writes to config.json
         c = config
+        if c.architecture == OPENCLAP:
+            self.action_vae = OpenCLAPActionVAE(c)
+            self.quantizer = VectorQuantizer(c.codebook_size, c.code_dim, c.codebook_lr_scale)
+            nn.init.uniform_(self.quantizer.embedding.weight, -1.0 / c.codebook_size, 1.0 / c.codebook_size)
+        else:
+            self._build_clap_data_network()
+
+    def _build_clap_data_network(self) -> None:
+        """Today's network, its modules made in their original order (a seed gives the same initial weights)."""
+        c = self.config
         # encoder
         self.step_embed = nn.Linear(c.action_dim, c.width)
         self.step_pos = nn.Parameter(torch.zeros(c.chunk_size, c.width))
@@ -147,9 +175,6 @@ class ActVAE(
         self.queries = nn.Parameter(torch.zeros(c.chunk_size, c.width))
         self.decoder = _transformer(c, c.decoder_layers)
         self.to_action = nn.Linear(c.width, c.action_dim)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
         for p in (self.step_pos, self.registers, self.code_pos, self.queries):
             nn.init.trunc_normal_(p, std=0.02)
         for m in self.modules():
@@ -181,7 +206,10 @@ class ActVAE(
     def encode_latents(self, chunks: torch.Tensor) -> torch.Tensor:
         """Continuous encoder outputs ``z_e [B, Nq, code_dim]`` for one-arm chunks ``[B, 32, 7]``."""
         self._check_chunks(chunks)
-        x = self.step_embed(chunks.to(self.step_pos.dtype)) + self.step_pos
+        chunks = chunks.to(self.quantizer.codebook.dtype)
+        if self.config.architecture == OPENCLAP:
+            return self.action_vae.encode(chunks)
+        x = self.step_embed(chunks) + self.step_pos
         regs = self.registers.unsqueeze(0).expand(x.shape[0], -1, -1)
         h = self.encoder(torch.cat([regs, x], dim=1))
         return self.to_latent(h[:, : self.config.num_queries])
@@ -202,6 +230,8 @@ class ActVAE(
         c = self.config
         if z_q.dim() != 3 or tuple(z_q.shape[1:]) != (c.num_queries, c.code_dim):
             raise ValueError(f"expected code vectors [B, {c.num_queries}, {c.code_dim}], got {list(z_q.shape)}")
+        if c.architecture == OPENCLAP:
+            return self.action_vae.decode(z_q)
         codes = self.from_code(z_q) + self.code_pos
         queries = self.queries.unsqueeze(0).expand(z_q.shape[0], -1, -1)
         h = self.decoder(torch.cat([codes, queries], dim=1))
@@ -211,7 +241,7 @@ class ActVAE(
         """Code indices ``[B, Nq]`` (any integer dtype) -> one-arm chunks ``[B, 32, 7]``."""
         if indices.dim() != 2 or indices.shape[1] != self.config.num_queries:
             raise ValueError(f"expected indices [B, {self.config.num_queries}], got {list(indices.shape)}")
-        return self.decode(self.quantizer.lookup(indices.to(self.step_pos.device)))
+        return self.decode(self.quantizer.lookup(indices.to(self.quantizer.codebook.device)))
 
     def forward(self, chunks: torch.Tensor) -> dict[str, torch.Tensor]:
         """Reconstruct ``chunks [B, 32, 7]``; returns ``recon, indices, loss, recon_mse, codebook_loss,
@@ -243,7 +273,7 @@ class ActVAE(
         c = self.config
         if chunks14.dim() != 3 or tuple(chunks14.shape[1:]) != (c.chunk_size, 2 * c.action_dim):
             raise ValueError(f"expected chunks [B, {c.chunk_size}, {2 * c.action_dim}], got {list(chunks14.shape)}")
-        chunks14 = chunks14.to(self.step_pos.device, self.step_pos.dtype)
+        chunks14 = chunks14.to(self.quantizer.codebook.device, self.quantizer.codebook.dtype)
         if arm_mask is not None:
             if tuple(arm_mask.shape) != (chunks14.shape[0], 2):
                 raise ValueError(f"expected arm_mask [{chunks14.shape[0]}, 2], got {list(arm_mask.shape)}")
@@ -274,54 +304,3 @@ class ActVAE(
         finally:
             self.train(was_training)
         return torch.cat([arms[:b], arms[b:]], dim=-1)
-
-
-# ---------------------------------------------------------------------- text form
-def text_tokens(tokens: Any, num_queries: int = 8) -> str:
-    """Storage-order tokens ``[2·Nq]`` (left's, then right's) -> ``"<ACT_i>..."`` with the **right arm's
-    codes first, then the left's** (METHOD.md §3)."""
-    flat = torch.as_tensor(tokens).reshape(-1).tolist()
-    if len(flat) != 2 * num_queries:
-        raise ValueError(f"expected {2 * num_queries} tokens, got {len(flat)}")
-    if any(int(t) < 0 for t in flat):
-        raise ValueError(f"token indices must be non-negative, got {flat}")
-    left, right = flat[:num_queries], flat[num_queries:]
-    return "".join(f"<ACT_{int(t)}>" for t in right + left)
-
-
-def parse_text_tokens(text: str, num_queries: int = 8, codebook_size: int | None = None) -> torch.Tensor:
-    """Inverse of :func:`text_tokens`: ``"<ACT_i>"×2·Nq`` (right's first) -> int16 ``[2·Nq]`` in storage
-    order (left's, then right's). Whitespace between tokens is allowed; anything else raises ``ValueError``."""
-    if not isinstance(text, str):
-        raise ValueError(f"expected a str of <ACT_i> tokens, got {type(text).__name__}")
-    compact = re.sub(r"\s+", "", text)
-    values: list[int] = []
-    pos = 0
-    for match in _TOKEN_RE.finditer(compact):
-        if match.start() != pos:
-            raise ValueError(f"malformed action text at character {pos}: {compact[pos:match.start()][:40]!r}")
-        values.append(int(match.group(1)))
-        pos = match.end()
-    if pos != len(compact):
-        raise ValueError(f"malformed action text at character {pos}: {compact[pos:][:40]!r}")
-    if len(values) != 2 * num_queries:
-        raise ValueError(f"expected {2 * num_queries} <ACT_i> tokens, got {len(values)} in {text[:80]!r}")
-    limit = codebook_size if codebook_size is not None else torch.iinfo(torch.int16).max + 1
-    bad = sorted({v for v in values if v >= limit})
-    if bad:
-        codebook = f": the checkpoint's codebook has K = {limit} codes" if codebook_size is not None else ""
-        raise ValueError(f"action token indices {bad} are outside [0, {limit}){codebook}")
-    right, left = values[:num_queries], values[num_queries:]
-    return torch.tensor(left + right, dtype=torch.int16)
-
-
-def checkpoint_sha256(directory: str | Path) -> str:
-    """Hex sha256 of ``<directory>/model.safetensors`` (the checkpoint identity used in token metadata)."""
-    path = Path(directory) / WEIGHTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

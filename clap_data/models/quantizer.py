@@ -2,7 +2,10 @@
 
 Conventions
 -----------
-* Distances are squared L2; the nearest code wins (ties go to the lowest index, ``argmin``).
+* Distances are squared L2, expanded as ``||z||² − 2·z·c + ||c||²`` (one matrix product); the nearest code
+  wins (ties go to the lowest index, ``argmin``). The release picks by ``torch.cdist`` + ``argmin``: the
+  same code, as the square root is monotonic, except where two codes are equally near to within float
+  rounding (the two sums round differently, and cdist clamps negative squares to 0 before its root).
 * ``codebook = ||sg(z_e) - z_q||²`` and ``commitment = ||z_e - sg(z_q)||²`` are returned as **means over
   all latent elements** (i.e. MSE); β is applied by the caller.
 * The codebook is an ``nn.Embedding`` trained by gradient. ``codebook_lr_scale`` (release: ×50) tells the

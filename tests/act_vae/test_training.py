@@ -163,3 +163,18 @@ def test_cli_errors_are_sentences(unified_astribot, tmp_path):
     if not torch.cuda.is_available():
         result = runner.invoke(app, ["train", "act-vae", "--data", str(unified_astribot), "--out", str(tmp_path / "c"), "--device", "cuda"])
         assert result.exit_code == 1 and "no usable CUDA GPU" in result.output
+
+
+def test_a_run_saved_before_a_config_field_existed_still_resumes(unified_astribot, tmp_path):
+    """Runs saved before ``architecture`` joined ActVAEConfig hold configs without it: their
+    default (today's network) is what they trained, so they resume instead of being refused."""
+    from clap_data import train_state
+    from clap_data.act_vae.checkpoint import TRAINING_STATE_NAME
+
+    out = tmp_path / "old"
+    train(unified_astribot, out, steps=2)
+    state = train_state.load(out / TRAINING_STATE_NAME)
+    del state["extra"]["run"]["config"]["architecture"]
+    train_state.save(out / TRAINING_STATE_NAME, state)
+    report = train(unified_astribot, out, steps=4)
+    assert report.resumed_from == 2 and report.steps == 4
