@@ -27,6 +27,7 @@ from clap_data.progress import Reporter, SilentReporter
 from clap_data.ray_runtime import ray_session
 from clap_data.schemas import CLAP_META_PATH
 from clap_data.sources.base import EpisodeRef, Source
+from clap_data.splits import source_dataset_id
 from clap_data.staging import StagingArea
 
 _BLOCKS_PER_WORKER = 16  # enough to balance uneven episodes; few enough to keep scheduling cheap
@@ -139,7 +140,10 @@ def _assemble(source: Source, refs: list[EpisodeRef], staging: StagingArea, clap
                     "file": video_file, "reason": f"episode {ref.source_episode} ({video_file}): {why}",
                 }
                 continue
-            provenance = {"dataset": source.name, "episode_id": ref.source_episode, "path": ref.path, **record["extra"]}
+            provenance = {
+                "dataset": source.name, "dataset_id": source_dataset_id(source.name, source.root),
+                "episode_id": ref.source_episode, "path": ref.path, **record["extra"],
+            }
             assembler.add_episode(staging.episode_dir(ref), record, provenance)
         records = [quarantine[order] for order in sorted(quarantine)]
         if assembler.episodes == 0:

@@ -14,7 +14,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["COLUMNS"] = "200"  # rich reads it when the CLI consoles are created: no wrapping in asserted output
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="clap-hf-cache-"))
 
-from clap_data.act_vae.chunk_pool import Holdout  # noqa: E402
 from clap_data.act_vae.training import TrainOptions, train_act_vae  # noqa: E402
 from clap_data.factories.astribot import write_astribot_dataset  # noqa: E402
 from clap_data.factories.droid_rlds import write_droid_rlds_dataset  # noqa: E402
@@ -22,6 +21,7 @@ from clap_data.models import ActVAEConfig  # noqa: E402
 from clap_data.pipelines.ingest import IngestRequest, ingest  # noqa: E402
 from clap_data.sources.astribot import AstribotSource  # noqa: E402
 from clap_data.sources.droid_rlds import DroidRldsSource  # noqa: E402
+from clap_data.splits import Holdout  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_ASTRIBOT = SHARED / "fixtures" / "astribot_s1_dummy"

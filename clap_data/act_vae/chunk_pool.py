@@ -9,17 +9,12 @@ pool says so in ``notice``. Datasets of different embodiments mix, each normalis
 statistics; single-arm data contributes only its active arm (a sample is a ``(frame, arm)`` pair
 whose arm is active at that frame).
 
-The held-out split is deterministic, so ``train`` and ``eval`` agree without sharing state:
-
-* ``episodes``: an episode is held out when a hash of its index falls below ``fraction``.
-* ``tail``: the last ``fraction`` of every episode is held out; training chunks must end before
-  it (no training chunk sees a held-out frame), held-out chunks start inside it. For datasets with
-  very few episodes, such as the two-episode Astribot sample.
+The held-out split is the one every stage shares (:mod:`clap_data.splits`, keyed on each episode's
+provenance), so ``train`` and ``eval`` agree without sharing state.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -29,21 +24,16 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from clap_data.actions import CHUNK_SIZE, NormStats, chunks_at, model_chunks
+from clap_data.actions import NormStats, chunks_at, model_chunks
 from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.lerobot_v3.reader import iter_episode_arrays
 from clap_data.locking import dataset_lock
 from clap_data.norm_stats import load_norm_stats
 from clap_data.schemas import ARM_SLICES
+from clap_data.splits import Holdout, episode_keys, unit_hash
 
-HOLDOUT_MODES = ("episodes", "tail")
 DEFAULT_MAX_FRAMES = 20_000_000  # ~2.4 GB of frame arrays
-
-
-def _unit_hash(text: str) -> float:
-    """A stable pseudo-random number in [0, 1) for ``text`` (same on every machine and run)."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
 def select_episodes(roots: list[Path], max_frames: int) -> tuple[list[set[int] | None], str]:
@@ -55,7 +45,7 @@ def select_episodes(roots: list[Path], max_frames: int) -> tuple[list[set[int] |
     if total <= max_frames:
         return [None] * len(roots), ""
     order = sorted(
-        ((_unit_hash(f"clap-subset:{Path(root).name}:{e}"), i, e, n) for i, (root, ep) in enumerate(zip(roots, lengths, strict=True)) for e, n in ep.items())
+        ((unit_hash(f"clap-subset:{Path(root).name}:{e}"), i, e, n) for i, (root, ep) in enumerate(zip(roots, lengths, strict=True)) for e, n in ep.items())
     )
     chosen: list[set[int]] = [set() for _ in roots]
     held = 0
@@ -69,36 +59,6 @@ def select_episodes(roots: list[Path], max_frames: int) -> tuple[list[set[int] |
         f"{episodes:,} of {sum(len(ep) for ep in lengths):,} episodes ({held:,} frames)"
     )
     return list(chosen), notice
-
-
-@dataclass(frozen=True)
-class Holdout:
-    """Which chunks are held out of training (see the module docstring)."""
-
-    mode: str = "episodes"
-    fraction: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.mode not in HOLDOUT_MODES:
-            raise ClapDataError(f"holdout mode must be one of {', '.join(HOLDOUT_MODES)}, not {self.mode!r}")
-        if not 0.0 <= self.fraction < 1.0:
-            raise ClapDataError(f"holdout fraction must lie in [0, 1), got {self.fraction}")
-
-    def episode_held_out(self, episode_index: int) -> bool:
-        return _unit_hash(f"clap-holdout:{episode_index}") < self.fraction
-
-    def starts(self, episode_index: int, frames: int, held_out: bool) -> NDArray[np.int64]:
-        """Chunk start frames of one episode on the requested side of the split."""
-        every = np.arange(frames, dtype=np.int64)
-        if self.mode == "episodes":
-            return every if self.episode_held_out(episode_index) == held_out else every[:0]
-        cut = int(np.floor(frames * (1.0 - self.fraction)))
-        if held_out:
-            return every[cut:] if self.fraction > 0 else every[:0]
-        return every[every + CHUNK_SIZE <= cut] if self.fraction > 0 else every
-
-    def to_dict(self) -> dict[str, object]:
-        return {"mode": self.mode, "fraction": self.fraction}
 
 
 @dataclass
@@ -132,6 +92,7 @@ def _robot_stats(root: Path, stats_kind: str) -> NormStats:
 
 
 def _load_dataset(root: Path, stats: NormStats, holdout: Holdout, held_out: bool, keep: set[int] | None) -> DatasetChunks:
+    keys = episode_keys(DatasetMetadata.load(root))
     states, actions, masks, lasts, frames_out, arms_out = [], [], [], [], [], []
     offset = 0
     for episode in iter_episode_arrays(root):
@@ -142,7 +103,7 @@ def _load_dataset(root: Path, stats: NormStats, holdout: Holdout, held_out: bool
         actions.append(episode.action.astype(np.float32))
         masks.append(episode.arm_mask.astype(np.float32))
         lasts.append(np.full(n, offset + n - 1, dtype=np.int64))
-        starts = holdout.starts(episode.episode_index, n, held_out)
+        starts = holdout.starts(keys[episode.episode_index], n, held_out)
         for arm in (0, 1):
             active = starts[episode.arm_mask[starts, arm] != 0]
             frames_out.append(active + offset)

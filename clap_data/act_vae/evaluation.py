@@ -26,13 +26,14 @@ import torch
 from numpy.typing import NDArray
 
 from clap_data.act_vae.checkpoint import load_act_vae
-from clap_data.act_vae.chunk_pool import DEFAULT_MAX_FRAMES, ChunkPool, Holdout
+from clap_data.act_vae.chunk_pool import DEFAULT_MAX_FRAMES, ChunkPool
 from clap_data.act_vae.training import pick_device
 from clap_data.actions import CHUNK_SIZE, NormStats, denormalize
 from clap_data.errors import ClapDataError
 from clap_data.models import ActVAE
 from clap_data.models.quantizer import perplexity_from_counts
 from clap_data.schemas import ARM_SLICES, POSE14_NAMES
+from clap_data.splits import Holdout
 
 PEAK = 2.0  # R: normalised data spans [-1, 1]
 NOTHING_HELD_OUT = Holdout("tail", 0.0)  # its training side is every chunk start of every episode

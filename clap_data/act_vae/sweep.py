@@ -21,13 +21,13 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from clap_data.act_vae.chunk_pool import Holdout
 from clap_data.act_vae.evaluation import PEAK, evaluate_act_vae, json_number
 from clap_data.act_vae.training import StepMetrics, TrainOptions, preset_config, train_act_vae
 from clap_data.actions import CHUNK_SIZE
 from clap_data.atomic import temp_sibling, write_json_atomic, write_text_atomic
 from clap_data.errors import ClapDataError
 from clap_data.models import ActVAEConfig
+from clap_data.splits import Holdout
 
 ARM_ACTION_DIMS = 7
 

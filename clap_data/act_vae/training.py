@@ -37,10 +37,11 @@ from clap_data.act_vae.checkpoint import (
     read_training_meta,
     write_training_meta,
 )
-from clap_data.act_vae.chunk_pool import DEFAULT_MAX_FRAMES, ChunkPool, Holdout
+from clap_data.act_vae.chunk_pool import DEFAULT_MAX_FRAMES, ChunkPool
 from clap_data.errors import ClapDataError
 from clap_data.locking import exclusive_lock
 from clap_data.models import ActVAE, ActVAEConfig, checkpoint_sha256, save_model
+from clap_data.splits import Holdout
 
 PRESETS: dict[str, Callable[[], ActVAEConfig]] = {"release": ActVAEConfig.release, "small": ActVAEConfig.small}
 # Table IX: the release VAE trains at 2e-5 (codebook ×50 = 1e-3). The small preset is ~100× smaller

@@ -29,7 +29,7 @@ eval_app = _verb("eval", "Evaluate a tokenizer on held-out data.")
 sweep_app = _verb("sweep", "Rate–distortion sweeps (the paper's Table V).")
 
 StatsOption = Annotated[str, typer.Option(help="Normalisation statistics: openclap (the released table) or dataset (clap-data normstats).")]
-HoldoutOption = Annotated[str, typer.Option(help="Held-out split: episodes (a hash of the episode index) or tail (the end of every episode).")]
+HoldoutOption = Annotated[str, typer.Option(help="Held-out split: episodes (a hash of each episode's source dataset and id) or tail (the end of every episode).")]
 HoldoutFractionOption = Annotated[float, typer.Option(min=0.0, max=0.95, help="Fraction held out of training.")]
 DeviceOption = Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:1 …")]
 WaitOption = Annotated[bool, typer.Option(help="If another command holds the dataset, wait for it instead of refusing.")]
@@ -42,7 +42,7 @@ def _check_stats(stats: str) -> None:
 
 
 def _holdout(mode: str, fraction: float):  # noqa: ANN202  (imports stay lazy: --help must be fast)
-    from clap_data.act_vae.chunk_pool import HOLDOUT_MODES, Holdout
+    from clap_data.splits import HOLDOUT_MODES, Holdout
 
     if mode not in HOLDOUT_MODES:
         raise typer.BadParameter(f"{mode!r} is not one of {', '.join(HOLDOUT_MODES)}", param_hint="--holdout")

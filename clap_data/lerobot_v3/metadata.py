@@ -111,6 +111,13 @@ class DatasetMetadata:
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise ClapDataError(f"{self.root}: the episodes metadata (meta/episodes) cannot be read ({exc})") from None
 
+    def episode_columns(self) -> list[str]:
+        """The columns of the episodes metadata (provenance columns vary with the source)."""
+        try:
+            return list(pq.ParquetDataset(self.root / "meta/episodes").schema.names)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise ClapDataError(f"{self.root}: the episodes metadata (meta/episodes) cannot be read ({exc})") from None
+
     def video_episode_columns(self) -> list[str]:
         """The episodes-metadata columns that place each episode in each camera's video files."""
         names = ("chunk_index", "file_index", "from_timestamp", "to_timestamp")

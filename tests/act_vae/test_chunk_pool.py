@@ -6,11 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clap_data.act_vae.chunk_pool import ChunkPool, Holdout
+from clap_data.act_vae.chunk_pool import ChunkPool
 from clap_data.actions import tokenizer_input
 from clap_data.errors import ClapDataError
+from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.lerobot_v3.reader import iter_episode_arrays
 from clap_data.norm_stats import load_norm_stats
+from clap_data.splits import Holdout, episode_keys
 
 LENGTHS = (40, 52, 45)  # the factory Astribot source's episodes
 
@@ -32,8 +34,9 @@ def test_tail_split_never_lets_a_training_chunk_see_a_held_out_frame(unified_ast
 
 def test_episode_split_is_deterministic_and_complete(unified_astribot):
     holdout = Holdout("episodes", 0.5)
-    held = [e for e in range(3) if holdout.episode_held_out(e)]
-    assert held == [e for e in range(3) if Holdout("episodes", 0.5).episode_held_out(e)]
+    keys = episode_keys(DatasetMetadata.load(unified_astribot))
+    held = [e for e in range(3) if holdout.episode_held_out(keys[e])]
+    assert held == [e for e in range(3) if Holdout("episodes", 0.5).episode_held_out(keys[e])]
     train = ChunkPool([unified_astribot], "openclap", holdout, held_out=False)
     test = ChunkPool([unified_astribot], "openclap", holdout, held_out=True)
     assert len(train) + len(test) == 2 * sum(LENGTHS)

@@ -152,5 +152,5 @@ def test_the_users_flow_on_the_real_episode(real_astribot, tmp_path):
     assert np.abs(np.array(decoded["action"])[0, :3] - arrays.state[100, :3]).max() < 0.5
     evaluation = runner.invoke(app, ["eval", "act-vae", str(dataset), "--ckpt", str(ckpt), "--json"])
     report = json.loads(evaluation.output)
-    assert report["holdout"] == {"mode": "tail", "fraction": 0.2}  # the checkpoint's own split by default
+    assert report["holdout"] == {"mode": "tail", "fraction": 0.2, "key": "provenance"}  # the checkpoint's own split by default
     assert report["chunks"] == 2 * (236 - int(236 * 0.8))

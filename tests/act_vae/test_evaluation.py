@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from clap_data.act_vae.checkpoint import load_act_vae
-from clap_data.act_vae.chunk_pool import ChunkPool, Holdout
+from clap_data.act_vae.chunk_pool import ChunkPool
 from clap_data.act_vae.evaluation import ErrorTotals, evaluate_act_vae, psnr_db
 from clap_data.actions import NormStats
 from clap_data.errors import ClapDataError
@@ -20,6 +20,7 @@ from clap_data.lerobot_v3.reader import iter_episode_arrays
 from clap_data.models import checkpoint_sha256, code_usage, perplexity
 from clap_data.reference import openclap_stats_table
 from clap_data.schemas import POSE14_NAMES
+from clap_data.splits import Holdout
 from tests.conftest import HOLDOUT
 
 POSE = [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]
@@ -92,7 +93,7 @@ def test_report_dict_is_json_with_identity(ckpt, dataset):
     again = json.loads(json.dumps(report, allow_nan=False))
     assert list(again["per_dof_mse"]) == list(POSE14_NAMES)
     assert again["sha256"] == checkpoint_sha256(ckpt)
-    assert again["holdout"] == {"mode": "tail", "fraction": 0.25}
+    assert again["holdout"] == {"mode": "tail", "fraction": 0.25, "key": "provenance"}
     assert again["stats_ids"] == {str(dataset): "openclap:S1-stationary"}
     assert again["device"] == "cpu"
 

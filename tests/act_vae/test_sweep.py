@@ -51,7 +51,7 @@ def test_files_agree(sweep):
     expected = [row.to_dict() for row in rows]
     document = json.loads((out / "sweep.json").read_text())
     assert document["rows"] == expected
-    assert document["settings"]["holdout"] == {"mode": "tail", "fraction": 0.25}
+    assert document["settings"]["holdout"] == {"mode": "tail", "fraction": 0.25, "key": "provenance"}
     with (out / "sweep.csv").open() as f:
         table = list(csv.DictReader(f))
     assert [{k: type(v)(table[i][k]) for k, v in row.items()} for i, row in enumerate(expected)] == expected

@@ -70,7 +70,7 @@ RESEED = dataclasses.replace(TINY, codebook_size=64, dead_code_check_every=25)
 # until the test kills it with SIGKILL.
 KILLED_RUN = """
 import json, sys, time
-from clap_data.act_vae.chunk_pool import Holdout
+from clap_data.splits import Holdout
 from clap_data.act_vae.training import TrainOptions, train_act_vae
 from clap_data.models import ActVAEConfig
 args = json.loads(sys.argv[1])
