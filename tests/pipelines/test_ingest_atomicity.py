@@ -17,6 +17,7 @@ from clap_data.errors import ClapDataError, ExitCode
 from clap_data.factories.astribot import write_astribot_dataset
 from clap_data.pipelines.ingest import IngestRequest, ingest
 from clap_data.sources.astribot import AstribotSource
+from clap_data.sources.base import EpisodeRejected
 from clap_data.staging import StagingArea
 from tests.lock_holder import lock_held_elsewhere
 
@@ -133,3 +134,25 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_dataset(source, tmp_path
     with pytest.raises(ClapDataError, match="not a clap-data dataset"):
         ingest(AstribotSource(source), IngestRequest(out=out, overwrite=True))
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+class _EveryEpisodeMissing(AstribotSource):
+    """A source whose every episode is rejected (defined at module level: Ray workers import it)."""
+
+    def read_episode(self, ref):  # noqa: ANN001, ANN201
+        raise EpisodeRejected("missing_file", ref.path, f"{ref.path} is missing")
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_that_fails_or_writes_nothing_leaves_only_the_lock(source, tmp_path, monkeypatch):
+    """Nothing to resume, nothing left beside --out: a source that lists no episodes, and a run
+    whose every episode is quarantined."""
+    out = tmp_path / "out"
+    monkeypatch.setattr(AstribotSource, "list_episodes", lambda self: [])
+    with pytest.raises(ClapDataError, match="lists no episodes"):
+        ingest(AstribotSource(source), IngestRequest(out=out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.clap-lock"]
+    monkeypatch.undo()
+    report = ingest(_EveryEpisodeMissing(source), IngestRequest(out=out))
+    assert report.exit_code == ExitCode.FAILED and len(report.quarantine) == 24
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.clap-lock"]
