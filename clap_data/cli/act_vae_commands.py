@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clap_data.cli.common import app, stderr, stdout, user_errors
+from clap_data.errors import ClapDataError
 
 
 def _verb(name: str, help_text: str) -> typer.Typer:
@@ -272,6 +273,12 @@ def _eval_split(ckpt: Path, stats: str | None, holdout: str | None, fraction: fl
             raise typer.BadParameter(f"{ckpt} has no training split: name one with --holdout", param_hint=hint)
         return stats, None
     trained = run.get("holdout", {"mode": "episodes", "fraction": 0.1})
+    if holdout is None and trained["mode"] == "episodes" and "key" not in trained:
+        raise ClapDataError(
+            f"{ckpt} was trained with the episode-index split of an older clap-data, which this version no longer "
+            "draws (episodes are now split by provenance): its held-out episodes cannot be told apart, so name a "
+            "split with --holdout (tail, or episodes: the provenance split, which may include its training data)"
+        )
     return stats, _holdout(holdout or trained["mode"], trained["fraction"] if fraction is None else fraction)
 
 

@@ -128,3 +128,24 @@ def test_errors_are_sentences(ckpt, dataset, tmp_path):
     (human / "meta/info.json").write_text(json.dumps(dict(info, robot_type="human")))
     with pytest.raises(ClapDataError, match="human video"):
         evaluate_act_vae(ckpt, [human], holdout=HOLDOUT, device="cpu")
+
+
+def test_a_checkpoint_of_the_old_episode_index_split_names_its_split(unified_astribot, tiny_ckpt, tmp_path):
+    """Its held-out episodes were drawn by episode index, which this version no longer draws: scoring
+    the new split silently could include its training data, so eval asks for --holdout."""
+    from typer.testing import CliRunner
+
+    from clap_data.act_vae.checkpoint import TRAINING_META_NAME
+    from clap_data.cli import app
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_ckpt, old)
+    meta = json.loads((old / TRAINING_META_NAME).read_text())
+    meta["run"]["holdout"] = {"mode": "episodes", "fraction": 0.1}
+    (old / TRAINING_META_NAME).write_text(json.dumps(meta))
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "act-vae", str(unified_astribot), "--ckpt", str(old), "--device", "cpu"])
+    assert result.exit_code == 1 and "episode-index split of an older clap-data" in result.output
+    result = runner.invoke(app, ["eval", "act-vae", str(unified_astribot), "--ckpt", str(old), "--device", "cpu",
+                                 "--holdout", "tail", "--json"])
+    assert result.exit_code == 0, result.output
