@@ -5,6 +5,8 @@ One module per family of commands; importing them registers their commands on th
 
 from clap_data.cli import dataset_commands  # noqa: F401, I001  (registers ingest, info, normstats, chunk first)
 from clap_data.cli import act_vae_commands  # noqa: F401  (registers train, tokenize, detokenize, eval, sweep)
+from clap_data.cli import vd_vae_commands  # noqa: F401  (registers train vd-vae on the train verb)
+from clap_data.cli import pseudolabel_commands  # noqa: F401  (registers pseudolabel vd-vae)
 from clap_data.cli.common import app
 
 __all__ = ["app", "main"]

@@ -1,0 +1,94 @@
+"""VD-VAE commands: ``train vd-vae`` (on the ``train`` verb the Act-VAE commands made)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from clap_data.cli.act_vae_commands import DeviceOption, HoldoutFractionOption, HoldoutOption, _holdout, train_app
+from clap_data.cli.common import stderr, stdout, user_errors
+
+_CAMERA_HELP = "Camera to pair: CAM for every dataset, or DATASET=CAM for one (repeat or comma-separate)."
+_AUGMENT_HELP = ("Augment pixels before the backbone each batch (the paper's setup; spools each frame's pixels). "
+                 "--no-augment: the online encoder sees the clean tokens.")
+
+
+@train_app.command("vd-vae", no_args_is_help=True)
+@user_errors
+def train_vd_vae(
+    act_vae: Annotated[Path, typer.Option(help="The Act-VAE checkpoint folder whose codebook is frozen in.")],
+    backbone: Annotated[Path, typer.Option(help="The frozen backbone: a transformers folder or hub id.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint folder (safetensors + config.json); rerunning resumes it.")],
+    robot: Annotated[list[Path] | None, typer.Option(help="Unified robot datasets (repeat the option).")] = None,
+    human: Annotated[list[Path] | None, typer.Option(help="Human video datasets (repeat the option).")] = None,
+    camera: Annotated[list[str] | None, typer.Option(help=_CAMERA_HELP)] = None,
+    preset: Annotated[str, typer.Option(help="small (CPU, minutes) or release (METHOD.md §4).")] = "small",
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps in total (a finished run asked for more continues).")] = 2000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Frame pairs per step.")] = 32,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="AdamW learning rate (default: the preset's).")] = None,
+    siglip_weight: Annotated[float | None, typer.Option(min=0.0, help="SigLIP weight (default 0.1; 0: ablation).")] = None,
+    augment: Annotated[bool, typer.Option(help=_AUGMENT_HELP)] = True,
+    holdout: HoldoutOption = "episodes",
+    holdout_fraction: HoldoutFractionOption = 0.1,
+    device: DeviceOption = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, batch sampling and augmentation.")] = 0,
+    save_every: Annotated[int, typer.Option(min=1, help="Save (and make resumable) every N steps.")] = 500,
+    overwrite: Annotated[bool, typer.Option(help="Discard a checkpoint at --out and start afresh.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Train the VD-VAE on frame pairs (o_t, o_t+32): robot pairs against their chunks' Act-VAE latents."""
+    from clap_data.actions import HUMAN
+    from clap_data.lerobot_v3.metadata import DatasetMetadata
+    from clap_data.vd_vae.frame_pairs import parse_camera_option
+    from clap_data.vd_vae.training import VDTrainOptions
+    from clap_data.vd_vae.training import train_vd_vae as run_training
+
+    datasets = list(robot or []) + list(human or [])
+    if not datasets:
+        raise typer.BadParameter("give at least one dataset", param_hint="--robot / --human")
+    for dataset, option in [(d, "--robot") for d in robot or []] + [(d, "--human") for d in human or []]:
+        if (DatasetMetadata.load(dataset).robot_type == HUMAN) != (option == "--human"):
+            raise typer.BadParameter(f"{dataset} is {'not ' if option == '--human' else ''}human video", param_hint=option)
+    cameras = parse_camera_option(camera or ["head"], datasets)
+    options = VDTrainOptions(
+        steps=steps, batch_size=batch_size, learning_rate=lr, siglip_weight=siglip_weight,
+        holdout=_holdout(holdout, holdout_fraction), device=device, seed=seed, save_every=save_every,
+        augment=augment, overwrite=overwrite,
+    )
+    columns = (TextColumn("[bold]train vd-vae"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, disable=as_json, transient=False) as progress:
+        task = progress.add_task("train", total=steps, metrics="spooling frame pairs…")
+
+        def show(m, total: int) -> None:  # noqa: ANN001
+            progress.update(task, completed=m.step, total=total, metrics=(
+                f"loss {m.loss:.4f}  mse {m.mse:.4f}  siglip {m.siglip:.4f}  l1 {m.l1:.4f}  "
+                f"codes used {m.code_usage:.0%}  {m.steps_per_second:.1f} steps/s"))
+
+        report = run_training(cameras, act_vae, backbone, out, preset=preset, options=options, on_progress=show)
+    if as_json:
+        print(json.dumps({**report.__dict__, "ckpt": str(report.ckpt), "last": report.last.__dict__ if report.last else None}))
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    if report.already_complete:
+        table.add_row("train", f"{report.ckpt} is already trained to {report.steps} steps; nothing to do "
+                               "(ask for more --steps to continue)")
+    else:
+        resumed = f", resumed from step {report.resumed_from}" if report.resumed_from else ""
+        table.add_row("train", f"{report.steps} steps on {report.device} in {report.seconds:.1f} s{resumed}")
+    camera_of = {str(path.resolve()): name for path, name in cameras.items()}
+    for dataset, count in report.train_pairs.items():
+        table.add_row("pairs", f"{count:,} training frame pairs of {dataset} (camera {camera_of[dataset]})")
+    if report.last:
+        m = report.last
+        table.add_row("last", f"loss {m.loss:.5f} (mse {m.mse:.5f}, q {m.q:.5f}, commit {m.commit:.5f}, siglip "
+                              f"{m.siglip:.5f}, l1 {m.l1:.5f}), codes used {m.code_usage:.0%}, env codes {m.env_code_usage:.0%}")
+    table.add_row("checkpoint", f"{report.ckpt} (sha256 {report.sha256[:16]}…)")
+    stdout.print(table)
