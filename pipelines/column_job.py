@@ -15,6 +15,7 @@ The stage's encoder yields numpy batches with ``file`` (data file, relative to t
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,30 @@ def cluster_pool_shape(device: str, workers: int | None) -> PoolShape:
 def row_groups(root: Path, files: list[str]) -> list[dict[str, Any]]:
     """One work item per row group of ``files`` (an episode never spans two row groups)."""
     return [{"file": f, "group": g} for f in files for g in range(pq.ParquetFile(root / f).num_row_groups)]
+
+
+def readers_then_model(
+    items: list[dict[str, Any]], reader: Callable[..., Batch], reader_kwargs: dict[str, Any], model: type,
+    model_kwargs: dict[str, Any], *, batch_size: int, device: str, workers: int | None,
+) -> Iterator[Batch]:
+    """The two Ray Data stages every stage runs: ``reader`` tasks (one work item each, a share of a CPU)
+    feeding a pool of ``model`` actors shaped by :func:`cluster_pool_shape` (their constructor also gets
+    ``device`` and ``threads``), ``batch_size`` reader rows per model call; batches stream back in any order."""
+    import ray
+
+    pool = cluster_pool_shape(device, workers)
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * cpus)))
+    inputs = dataset.map_batches(reader, fn_kwargs=reader_kwargs, batch_size=1, num_cpus=READER_TASK_CPUS)
+    with warnings.catch_warnings():
+        # max_restarts=0 goes through Ray 2.60's deprecated remote-args route: see pipelines/ingest.py
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        outputs = inputs.map_batches(
+            model, fn_constructor_kwargs={**model_kwargs, "device": device, "threads": pool.threads},
+            batch_size=batch_size, concurrency=pool.actors, num_gpus=pool.gpus_per_actor,
+            num_cpus=pool.cpus_per_actor, max_restarts=0,
+        )
+    yield from outputs.iter_batches(batch_size=None, batch_format="numpy")
 
 
 @dataclass

@@ -21,7 +21,6 @@ backbone's float resize to uint8 and change the tokens.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,12 +33,11 @@ from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.models import TOKEN_ORDER_STORAGE, TOKEN_ORDER_TEXT
 from clap_data.pipelines.column_job import (
-    READER_TASK_CPUS,
     ColumnJob,
     ColumnJobReport,
     Encoder,
     OutputColumn,
-    cluster_pool_shape,
+    readers_then_model,
     row_groups,
     run_column_job,
 )
@@ -168,23 +166,11 @@ class _VDVAELabeller:
 
 def _encoder(videos: dict[int, EpisodeVideo], gap: int, request: PseudolabelRequest, device: str) -> Encoder:
     def encode(root: Path, files: list[str]) -> Iterator[dict[str, np.ndarray]]:
-        import ray
-
-        items = _segments(root, files, videos, request.segment_frames)
-        pool = cluster_pool_shape(device, request.workers)
-        cpus = max(1, int(ray.available_resources().get("CPU", 1)))
-        dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * cpus)))
-        frames = dataset.map_batches(_decode_segment, fn_kwargs={"videos": videos, "gap": gap}, batch_size=1,
-                                     num_cpus=READER_TASK_CPUS)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")  # see pipelines/ingest.py
-            labels = frames.map_batches(
-                _VDVAELabeller, batch_size=1, concurrency=pool.actors, num_gpus=pool.gpus_per_actor,
-                num_cpus=pool.cpus_per_actor, max_restarts=0,
-                fn_constructor_kwargs={"ckpt": str(request.ckpt), "backbone": str(request.backbone), "device": device,
-                                       "threads": pool.threads, "batch_size": request.batch_size},
-            )
-        yield from labels.iter_batches(batch_size=None, batch_format="numpy")
+        return readers_then_model(
+            _segments(root, files, videos, request.segment_frames), _decode_segment, {"videos": videos, "gap": gap},
+            _VDVAELabeller, {"ckpt": str(request.ckpt), "backbone": str(request.backbone), "batch_size": request.batch_size},
+            batch_size=1, device=device, workers=request.workers,
+        )
 
     return encode
 

@@ -19,7 +19,6 @@ the replacement of another checkpoint's columns are the shared column job's
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +34,11 @@ from clap_data.lerobot_v3.reader import column_matrix
 from clap_data.models import TOKEN_ORDER_STORAGE, TOKEN_ORDER_TEXT
 from clap_data.norm_stats import load_norm_stats
 from clap_data.pipelines.column_job import (
-    READER_TASK_CPUS,
     ColumnJob,
     ColumnJobReport,
     Encoder,
     OutputColumn,
-    cluster_pool_shape,
+    readers_then_model,
     row_groups,
     run_column_job,
 )
@@ -145,22 +143,11 @@ class _ActVAETokenizer:
 
 def _encoder(stats: NormStats, request: TokenizeRequest, device: str) -> Encoder:
     def encode(root: Path, files: list[str]) -> Iterator[dict[str, np.ndarray]]:
-        import ray
-
-        items = row_groups(root, files)
-        pool = cluster_pool_shape(device, request.workers)
-        cpus = max(1, int(ray.available_resources().get("CPU", 1)))
-        dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * cpus)))
-        chunks = dataset.map_batches(_build_chunks, fn_kwargs={"root": str(root), "stats": stats}, batch_size=1,
-                                     num_cpus=READER_TASK_CPUS)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")  # see pipelines/ingest.py
-            tokens = chunks.map_batches(
-                _ActVAETokenizer, fn_constructor_kwargs={"ckpt": str(request.ckpt), "device": device, "threads": pool.threads},
-                batch_size=request.batch_size, concurrency=pool.actors, num_gpus=pool.gpus_per_actor,
-                num_cpus=pool.cpus_per_actor, max_restarts=0,
-            )
-        yield from tokens.iter_batches(batch_size=None, batch_format="numpy")
+        return readers_then_model(
+            row_groups(root, files), _build_chunks, {"root": str(root), "stats": stats},
+            _ActVAETokenizer, {"ckpt": str(request.ckpt)}, batch_size=request.batch_size, device=device,
+            workers=request.workers,
+        )
 
     return encode
 
