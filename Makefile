@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml
 # Exit status 3 means "finished with quarantined episodes": the real sample is built that way.
 # It is verified against its manifest (every frame decoded). Then a short Act-VAE run on it (small
 # preset; ~2 min on 2 cores): train, tokenize, evaluate on
-# the held-out end of the episode, decode one frame's tokens back to an executable chunk.
+# the held-out end of the episode, decode one frame's tokens back to an executable chunk. Last, a short
+# VD-VAE run with a tiny random backbone (said so on screen): train, pseudo-label, verify.
 demo: $(STAMP)
 	@mkdir -p $(DEMO_DIR)
 	@if [ -d $(SHARED_FIXTURE) ]; then src=$(SHARED_FIXTURE); \
@@ -40,7 +41,16 @@ demo: $(STAMP)
 	$(VENV)/bin/clap-data train act-vae --data $(DEMO_DIR)/astribot_v3 --out $(DEMO_DIR)/act_vae --steps 300 --holdout tail --holdout-fraction 0.2 && \
 	$(VENV)/bin/clap-data tokenize act-vae $(DEMO_DIR)/astribot_v3 --ckpt $(DEMO_DIR)/act_vae && \
 	$(VENV)/bin/clap-data eval act-vae $(DEMO_DIR)/astribot_v3 --ckpt $(DEMO_DIR)/act_vae && \
-	$(VENV)/bin/clap-data detokenize $(DEMO_DIR)/astribot_v3 --ckpt $(DEMO_DIR)/act_vae --episode 0 --frame 100
+	$(VENV)/bin/clap-data detokenize $(DEMO_DIR)/astribot_v3 --ckpt $(DEMO_DIR)/act_vae --episode 0 --frame 100 && \
+	echo "VD-VAE step: a tiny RANDOM DINOv2 built from a config stands in for the real backbone (nothing is downloaded);" && \
+	echo "it shows the pipeline (train, pseudo-label, verify), not pseudo-label quality." && \
+	$(PY) -m clap_data.factories.tiny_backbone $(DEMO_DIR)/tiny_backbone && \
+	$(VENV)/bin/clap-data train vd-vae --robot $(DEMO_DIR)/astribot_v3 --act-vae $(DEMO_DIR)/act_vae \
+		--backbone $(DEMO_DIR)/tiny_backbone --camera wrist_left --out $(DEMO_DIR)/vd_vae --steps 10 --batch-size 8 \
+		--holdout tail --holdout-fraction 0.2 --overwrite && \
+	$(VENV)/bin/clap-data pseudolabel vd-vae $(DEMO_DIR)/astribot_v3 --ckpt $(DEMO_DIR)/vd_vae \
+		--backbone $(DEMO_DIR)/tiny_backbone --camera wrist_left && \
+	$(VENV)/bin/clap-data verify $(DEMO_DIR)/astribot_v3
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
