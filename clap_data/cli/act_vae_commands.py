@@ -224,20 +224,24 @@ def tokenize_act_vae(
 @app.command("detokenize", no_args_is_help=True)
 @user_errors
 def detokenize(
-    dataset: Annotated[Path, typer.Argument(help="A dataset tokenized with clap-data tokenize act-vae.")],
-    ckpt: Annotated[Path, typer.Option(help="The Act-VAE checkpoint the tokens came from.")],
+    dataset: Annotated[Path, typer.Argument(help="A dataset tokenized with clap-data tokenize act-vae (or pseudolabel vd-vae).")],
+    ckpt: Annotated[Path, typer.Option(help="The Act-VAE checkpoint the tokens came from (for pseudo_tokens: whose codebook the VD-VAE used).")],
     episode: Annotated[int, typer.Option(min=0, help="Episode index.")],
     frame: Annotated[int, typer.Option(min=0, help="Frame whose chunk to decode (its state anchors the chunk).")],
     tokens: Annotated[str | None, typer.Option(help="Decode these instead of the stored ones: <ACT_i> text (right arm first) or comma-separated codes (left arm's first).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: tokens, text, padded, state, action [32][14].")] = False,
+    column: Annotated[str, typer.Option(help="The stored tokens to decode: action_tokens or pseudo_tokens (clap-data pseudolabel vd-vae).")] = "action_tokens",
+    as_embodiment: Annotated[str | None, typer.Option(help="Decode with this embodiment's OpenCLAP statistics (e.g. S1-stationary); required for human datasets, which are decoded relative to zero state.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: tokens, text, padded, state, action [32][14], column, stats_id, note.")] = False,
 ) -> None:
     """Decode action tokens to the absolute executable chunk (denormalise, p = p0 + Δp, R = ΔR·R0)."""
     import numpy as np
 
     from clap_data.act_vae.checkpoint import load_act_vae
-    from clap_data.act_vae.decoding import decode_dataset_frame, parse_tokens_option
+    from clap_data.act_vae.decoding import DECODABLE_COLUMNS, decode_dataset_frame, parse_tokens_option
     from clap_data.locking import dataset_lock
 
+    if column not in DECODABLE_COLUMNS:
+        raise typer.BadParameter(f"{column!r} is not one of {', '.join(DECODABLE_COLUMNS)}", param_hint="--column")
     model, sha256 = load_act_vae(ckpt)  # --tokens is checked against the checkpoint's Nq and K
     config = model.config
     try:
@@ -245,12 +249,14 @@ def detokenize(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--tokens") from None
     with dataset_lock(dataset, exclusive=False, purpose="detokenize"):
-        decoded = decode_dataset_frame(dataset, model, sha256, episode, frame, codes)
+        decoded = decode_dataset_frame(dataset, model, sha256, episode, frame, codes, column=column, as_embodiment=as_embodiment)
     if as_json:
         print(json.dumps(decoded.__dict__))
         return
     action = np.asarray(decoded.action)
-    stdout.print(f"episode {episode}, frame {frame}, padded: {decoded.padded}")
+    if decoded.note:
+        stdout.print(decoded.note, highlight=False)
+    stdout.print(f"episode {episode}, frame {frame}, {decoded.column}, padded: {decoded.padded}, statistics {decoded.stats_id}", highlight=False)
     stdout.print(f"tokens    {decoded.tokens}")
     stdout.print(f"text      {decoded.text}", highlight=False)
     stdout.print(f"action[0] {np.array2string(action[0], precision=4, max_line_width=160)}")
