@@ -1,4 +1,4 @@
-"""VD-VAE commands: ``train vd-vae`` (on the ``train`` verb the Act-VAE commands made)."""
+"""VD-VAE commands: ``train vd-vae`` and ``eval vd-vae`` (on the verbs the Act-VAE commands made)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from clap_data.cli.act_vae_commands import DeviceOption, HoldoutFractionOption, HoldoutOption, _holdout, train_app
+from clap_data.cli.act_vae_commands import (
+    DeviceOption,
+    HoldoutFractionOption,
+    HoldoutOption,
+    _holdout,
+    eval_app,
+    train_app,
+)
 from clap_data.cli.common import stderr, stdout, user_errors
 
 _CAMERA_HELP = "Camera to pair: CAM for every dataset, or DATASET=CAM for one (repeat or comma-separate)."
@@ -92,3 +99,79 @@ def train_vd_vae(
                               f"{m.siglip:.5f}, l1 {m.l1:.5f}), codes used {m.code_usage:.0%}, env codes {m.env_code_usage:.0%}")
     table.add_row("checkpoint", f"{report.ckpt} (sha256 {report.sha256[:16]}…)")
     stdout.print(table)
+
+
+_EVAL_VD_HOLDOUT_HELP = ("episodes or tail (default: the VD-VAE's training split; a checkpoint that records none: "
+                         "every pair).")
+
+
+def _rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+@eval_app.command("vd-vae", no_args_is_help=True)
+@user_errors
+def eval_vd_vae(
+    datasets: Annotated[list[Path], typer.Argument(help="Unified robot datasets.")],
+    ckpt: Annotated[Path, typer.Option(help="The VD-VAE checkpoint folder (clap-data train vd-vae).")],
+    backbone: Annotated[Path, typer.Option(help="The frozen backbone it was trained on: a transformers folder or hub id.")],
+    act_vae: Annotated[Path, typer.Option(help="The Act-VAE whose codebook the VD-VAE uses (its tokens are the reference).")],
+    camera: Annotated[list[str] | None, typer.Option(help=_CAMERA_HELP)] = None,
+    compare: Annotated[Path | None, typer.Option(help="A second VD-VAE checkpoint, scored on the same pairs.")] = None,
+    holdout: Annotated[str | None, typer.Option(help=_EVAL_VD_HOLDOUT_HELP)] = None,
+    holdout_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Default: the checkpoint's.")] = None,
+    device: DeviceOption = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Pseudo tokens on held-out robot pairs: code match with the Act-VAE, a constant-code baseline, decoded MSE."""
+    from clap_data.vd_vae.evaluation import evaluate_vd_vae, vd_vae_split
+    from clap_data.vd_vae.frame_pairs import parse_camera_option
+
+    trained = vd_vae_split(ckpt)
+    if holdout is None and trained is None:
+        if holdout_fraction is not None:
+            raise typer.BadParameter(f"{ckpt} has no training split: name one with --holdout", param_hint="--holdout-fraction")
+        split = None
+    else:
+        fraction = holdout_fraction if holdout_fraction is not None else (trained.fraction if trained else 0.1)
+        split = _holdout(holdout or trained.mode, fraction)
+    cameras = parse_camera_option(camera or ["head"], datasets)
+    ckpts = [ckpt] + ([compare] if compare is not None else [])
+    report = evaluate_vd_vae(ckpts, backbone, act_vae, cameras, split, device=device)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    scope = "every pair (no split)" if split is None else f"held out ({split.mode}, {split.fraction:.0%})"
+    table.add_row("pairs", f"{report.pairs:,} frame pairs (o_t, o_t+32), {scope}")
+    for dataset, count in report.pairs_per_dataset.items():
+        table.add_row("", f"{count:,} of {dataset} (camera {report.cameras[dataset]}, Act-VAE tokens "
+                          f"{report.token_source[dataset]})")
+    table.add_row("act-vae", f"{act_vae} (sha256 {report.act_vae_sha256[:16]}…, Nq {report.num_queries}, "
+                             f"K {report.codebook_size})")
+    stdout.print(table)
+    scores = report.models
+    columns = Table(show_edge=False, padding=(0, 1))
+    columns.add_column("")
+    for score in scores:
+        columns.add_column(f"{Path(score.ckpt).name} ({score.sha256[:8]}…)", justify="right")
+    columns.add_column("constant code", justify="right")
+    columns.add_column("act-vae (own tokens)", justify="right")
+    columns.add_row("exact match", *(_rate(s.exact_match) for s in scores), _rate(report.constant_match), "100.0%")
+    slots = 2 * report.num_queries
+    for slot in range(slots):
+        arm, index = ("left", slot) if slot < report.num_queries else ("right", slot - report.num_queries)
+        columns.add_row(f"  {arm} slot {index}", *(_rate(s.per_slot_match[slot]) for s in scores),
+                        _rate(report.constant_per_slot[slot]), "")
+    mse = (lambda v: "—" if v is None else f"{v:.2e}")  # noqa: E731
+    columns.add_row("decoded MSE (mean)", *(mse(s.decoded_mse_mean) for s in scores), "",
+                    mse(report.act_vae_decoded_mse_mean))
+    for dof in report.act_vae_decoded_mse:
+        columns.add_row(f"  {dof}", *(mse(s.decoded_mse[dof]) for s in scores), "", mse(report.act_vae_decoded_mse[dof]))
+    stdout.print(columns)
+    for score in scores:
+        verdict = {True: "beats", False: "does not beat", None: "cannot be compared with"}[score.beats_constant]
+        stdout.print(f"{Path(score.ckpt).name} {verdict} the constant-code baseline "
+                     f"({_rate(score.exact_match)} vs {_rate(report.constant_match)})", highlight=False)
