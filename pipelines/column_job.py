@@ -29,8 +29,10 @@ from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3.column_update import ColumnUpdate
 from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.locking import dataset_lock
+from clap_data.models.tokens import TOKEN_ORDER_STORAGE, TOKEN_ORDER_TEXT
 from clap_data.progress import Reporter, SilentReporter
 from clap_data.ray_runtime import ray_session
+from clap_data.schemas import ARM_MASK_NAMES, PADDED_COLUMN_OF
 
 READER_TASK_CPUS = 0.25  # what a reader task asks for; the model actors leave it free
 CORES_PER_CPU_ACTOR = 4
@@ -72,6 +74,35 @@ class ColumnJob:
     @property
     def key(self) -> str:
         return self.columns[0].name
+
+
+def token_orders(column: str) -> dict[str, Any]:
+    """The layout facts every token column's identity states: storage and text order, arm order, and
+    which column flags its padded rows."""
+    return {
+        "token_order": TOKEN_ORDER_STORAGE, "text_order": TOKEN_ORDER_TEXT, "arm_order": list(ARM_MASK_NAMES),
+        "padded_column": PADDED_COLUMN_OF[column],
+    }
+
+
+def token_column_job(purpose: str, column: str, identity: dict[str, Any], provenance: dict[str, Any]) -> ColumnJob:
+    """The job of a token stage (``action_tokens``, ``pseudo_tokens``): int16 ``[2·Nq]`` codes per frame,
+    left arm's then right's, plus the bool padded flag, with ``identity`` (holding ``num_queries``) as the
+    feature's info."""
+    nq = identity["num_queries"]
+    padded = PADDED_COLUMN_OF[column]
+    names = [f"{arm}_{i}" for arm in ARM_MASK_NAMES for i in range(nq)]
+    return ColumnJob(
+        purpose=purpose,
+        columns=(OutputColumn(column, "int16", 2 * nq), OutputColumn(padded, "bool")),
+        identity=identity,
+        features={
+            column: {"dtype": "int16", "shape": [2 * nq], "names": names, "info": identity},
+            padded: {"dtype": "bool", "shape": [1], "names": None},
+        },
+        provenance=provenance,
+        flag_column=padded,
+    )
 
 
 @dataclass

@@ -31,18 +31,18 @@ import pyarrow.parquet as pq
 
 from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3.metadata import DatasetMetadata
-from clap_data.models import TOKEN_ORDER_STORAGE, TOKEN_ORDER_TEXT
 from clap_data.pipelines.column_job import (
     ColumnJob,
     ColumnJobReport,
     Encoder,
-    OutputColumn,
     readers_then_model,
     row_groups,
     run_column_job,
+    token_column_job,
+    token_orders,
 )
 from clap_data.progress import Reporter
-from clap_data.schemas import ARM_MASK_NAMES, PSEUDO_TOKENS, PSEUDO_TOKENS_PADDED, camera_feature_key
+from clap_data.schemas import PSEUDO_TOKENS, PSEUDO_TOKENS_PADDED, camera_feature_key
 from clap_data.vd_vae.frame_pairs import EpisodeVideo, episode_videos, iter_episode_frames
 
 SEGMENT_FRAMES = 256  # outputs per reader object at most (it carries up to SEGMENT_FRAMES + gap decoded frames)
@@ -81,19 +81,7 @@ def pseudo_identity(config: Any, sha256: str, backbone: dict[str, Any], camera: 
         "backbone": backbone,
         "camera": camera,
         "gap": config.gap,
-        "token_order": TOKEN_ORDER_STORAGE,
-        "text_order": TOKEN_ORDER_TEXT,
-        "arm_order": list(ARM_MASK_NAMES),
-        "padded_column": PSEUDO_TOKENS_PADDED,
-    }
-
-
-def pseudo_features(identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    nq = identity["num_queries"]
-    names = [f"{arm}_{i}" for arm in ARM_MASK_NAMES for i in range(nq)]
-    return {
-        PSEUDO_TOKENS: {"dtype": "int16", "shape": [2 * nq], "names": names, "info": identity},
-        PSEUDO_TOKENS_PADDED: {"dtype": "bool", "shape": [1], "names": None},
+        **token_orders(PSEUDO_TOKENS),
     }
 
 
@@ -195,15 +183,8 @@ def pseudolabel_dataset(root: Path, request: PseudolabelRequest, reporter: Repor
                 f"{request.backbone} gives {backbone.num_patches} of {backbone.hidden_size}: give the backbone it was trained on"
             )
         identity = pseudo_identity(c, sha256, backbone.identity(), request.camera)
-        job = ColumnJob(
-            purpose="pseudolabel vd-vae",
-            columns=(OutputColumn(PSEUDO_TOKENS, "int16", c.action_tokens), OutputColumn(PSEUDO_TOKENS_PADDED, "bool")),
-            identity=identity,
-            features=pseudo_features(identity),
-            provenance={**identity, "checkpoint": str(Path(request.ckpt).absolute()),
-                        "backbone_path": str(request.backbone)},
-            flag_column=PSEUDO_TOKENS_PADDED,
-        )
+        provenance = {**identity, "checkpoint": str(Path(request.ckpt).absolute()), "backbone_path": str(request.backbone)}
+        job = token_column_job("pseudolabel vd-vae", PSEUDO_TOKENS, identity, provenance)
         height, width, channels = meta.features[camera_feature_key(request.camera)]["shape"]
         size = segment_length(height * width * channels, c.gap, request.segment_frames)
         return job, _encoder(videos, c.gap, dataclasses.replace(request, segment_frames=size), device)

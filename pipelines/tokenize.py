@@ -31,16 +31,16 @@ from clap_data.actions import CHUNK_SIZE, HUMAN, NormStats, episode_chunks, mode
 from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.lerobot_v3.reader import column_matrix
-from clap_data.models import TOKEN_ORDER_STORAGE, TOKEN_ORDER_TEXT
 from clap_data.norm_stats import load_norm_stats
 from clap_data.pipelines.column_job import (
     ColumnJob,
     ColumnJobReport,
     Encoder,
-    OutputColumn,
     readers_then_model,
     row_groups,
     run_column_job,
+    token_column_job,
+    token_orders,
 )
 from clap_data.progress import Reporter
 from clap_data.schemas import (
@@ -48,7 +48,6 @@ from clap_data.schemas import (
     ACTION_TOKENS,
     ACTION_TOKENS_PADDED,
     ARM_MASK_COLUMN,
-    ARM_MASK_NAMES,
     STATE_COLUMN,
 )
 
@@ -77,19 +76,7 @@ def tokenizer_identity(model: Any, sha256: str, stats_id: str) -> dict[str, Any]
         "code_dim": c.code_dim,
         "chunk_size": c.chunk_size,
         "stats_id": stats_id,
-        "token_order": TOKEN_ORDER_STORAGE,
-        "text_order": TOKEN_ORDER_TEXT,
-        "arm_order": list(ARM_MASK_NAMES),
-        "padded_column": ACTION_TOKENS_PADDED,
-    }
-
-
-def token_features(identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    nq = identity["num_queries"]
-    names = [f"{arm}_{i}" for arm in ARM_MASK_NAMES for i in range(nq)]
-    return {
-        ACTION_TOKENS: {"dtype": "int16", "shape": [2 * nq], "names": names, "info": identity},
-        ACTION_TOKENS_PADDED: {"dtype": "bool", "shape": [1], "names": None},
+        **token_orders(ACTION_TOKENS),
     }
 
 
@@ -172,14 +159,8 @@ def tokenize_dataset(root: Path, request: TokenizeRequest, reporter: Reporter | 
             )
         stats = load_norm_stats(meta.root, request.stats)
         identity = tokenizer_identity(model, sha256, stats.stats_id)
-        job = ColumnJob(
-            purpose="tokenize act-vae",
-            columns=(OutputColumn(ACTION_TOKENS, "int16", 2 * model.config.num_queries), OutputColumn(ACTION_TOKENS_PADDED, "bool")),
-            identity=identity,
-            features=token_features(identity),
-            provenance={**identity, "checkpoint": str(Path(request.ckpt).absolute())},
-            flag_column=ACTION_TOKENS_PADDED,
-        )
+        job = token_column_job("tokenize act-vae", ACTION_TOKENS, identity,
+                               {**identity, "checkpoint": str(Path(request.ckpt).absolute())})
         return job, _encoder(stats, request, device)
 
     return run_column_job(Path(root), prepare, reporter=reporter, address=request.address, workers=request.workers,
