@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from clap_data.atomic import write_json_atomic
 from clap_data.errors import ClapDataError
 from clap_data.models import ActVAE
-from clap_data.models.checkpoint import CONFIG_NAME, EXPORT_PREFIX, WEIGHTS_NAME, load_model
+from clap_data.models.checkpoint import CONFIG_NAME, EXPORT_PREFIX, WEIGHTS_NAME, load_model, save_model
 
 TRAINING_META_NAME = "training.json"
 TRAINING_STATE_NAME = "training_state.pt"
@@ -72,3 +73,41 @@ def clear_checkpoint(ckpt: Path) -> None:
         (ckpt / name).unlink(missing_ok=True)
     for leftover in ckpt.glob(f"{EXPORT_PREFIX}*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def export_weights(ckpt: Path, model: Any, meta: dict[str, Any]) -> str:
+    """The weights, then ``training.json`` (``meta`` plus their sha256); returns the sha256. Used by every
+    trainer whose folder has this layout (the Act-VAE's and the VD-VAE's)."""
+    sha = save_model(model, ckpt)
+    write_training_meta(ckpt, {**meta, "sha256": sha})
+    return sha
+
+
+def resume_point(
+    ckpt: Path, identity: dict[str, Any], overwrite: bool, kind: str,
+    normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
+    """The saved training state of the run in ``ckpt`` to continue from, None to start afresh (or with
+    ``overwrite``); refuses a folder that is not a resumable ``kind`` run, and a run whose saved settings
+    (``normalize`` may bring old ones up to date) differ from ``identity``."""
+    from clap_data import train_state
+
+    if overwrite:
+        clear_checkpoint(ckpt)
+        return None
+    state_file = ckpt / TRAINING_STATE_NAME
+    if not state_file.is_file():
+        if ckpt.exists() and any(p for p in ckpt.iterdir() if not p.name.startswith(".")):
+            raise ClapDataError(f"{ckpt} exists and is not a resumable {kind} run; choose another --out or pass --overwrite")
+        return None
+    saved = train_state.load(state_file)
+    run = dict(saved["extra"].get("run", {}))
+    if normalize is not None:
+        run = normalize(run)
+    if run != identity:
+        changed = sorted(k for k in identity.keys() | run.keys() if run.get(k) != identity.get(k))
+        raise ClapDataError(
+            f"{ckpt} holds a run with other settings ({', '.join(changed)} differ); "
+            "pass --overwrite to start afresh or choose another --out"
+        )
+    return saved

@@ -32,15 +32,15 @@ import torch
 from clap_data import train_state
 from clap_data.act_vae.checkpoint import (
     TRAINING_STATE_NAME,
-    clear_checkpoint,
+    export_weights,
     load_act_vae,
     read_training_meta,
-    write_training_meta,
+    resume_point,
 )
 from clap_data.act_vae.chunk_pool import DEFAULT_MAX_FRAMES, ChunkPool
 from clap_data.errors import ClapDataError
 from clap_data.locking import exclusive_lock
-from clap_data.models import ActVAE, ActVAEConfig, checkpoint_sha256, save_model
+from clap_data.models import ActVAE, ActVAEConfig, checkpoint_sha256
 from clap_data.splits import Holdout
 
 PRESETS: dict[str, Callable[[], ActVAEConfig]] = {"release": ActVAEConfig.release, "small": ActVAEConfig.small}
@@ -151,35 +151,12 @@ def _start_from(model: ActVAE, init: Path) -> None:
     model.load_state_dict(initial.state_dict())
 
 
-def _resume(ckpt: Path, identity: dict[str, Any], options: TrainOptions) -> dict[str, Any] | None:
-    """The saved training state to continue from, None to start afresh; refuses to mix different runs."""
-    state_file = ckpt / TRAINING_STATE_NAME
-    if options.overwrite:
-        clear_checkpoint(ckpt)
-        return None
-    if not state_file.is_file():
-        if ckpt.exists() and any(p for p in ckpt.iterdir() if not p.name.startswith(".")):
-            raise ClapDataError(f"{ckpt} exists and is not a resumable Act-VAE run; choose another --out or pass --overwrite")
-        return None
-    saved = train_state.load(state_file)
-    run = dict(saved["extra"].get("run", {}))
-    if isinstance(run.get("config"), dict):  # a run saved before a config field existed has its default
+def _current_config(run: dict[str, Any]) -> dict[str, Any]:
+    """A run saved before a config field existed trained with its default: compare it as such."""
+    if isinstance(run.get("config"), dict):
         with contextlib.suppress(TypeError, ValueError):  # else the comparison names the difference
-            run["config"] = ActVAEConfig(**run["config"]).to_dict()
-    if run != identity:
-        changed = sorted(k for k in identity.keys() | run.keys() if run.get(k) != identity.get(k))
-        raise ClapDataError(
-            f"{ckpt} holds a run with other settings ({', '.join(changed)} differ); "
-            "pass --overwrite to start afresh or choose another --out"
-        )
-    return saved
-
-
-def _export(ckpt: Path, model: ActVAE, meta: dict[str, Any]) -> str:
-    """The weights, then ``training.json`` (``meta`` plus their sha256); returns the sha256."""
-    sha = save_model(model, ckpt)
-    write_training_meta(ckpt, {**meta, "sha256": sha})
-    return sha
+            return {**run, "config": ActVAEConfig(**run["config"]).to_dict()}
+    return run
 
 
 def _save_state(
@@ -216,7 +193,7 @@ def train_act_vae(
     device = pick_device(options.device)
     started = time.perf_counter()
     with exclusive_lock(ckpt / ".lock", ckpt):
-        saved = _resume(ckpt, identity, options)
+        saved = resume_point(ckpt, identity, options.overwrite, "Act-VAE", _current_config)
         pool = ChunkPool(list(roots), options.stats, options.holdout, held_out=False, max_frames=options.max_frames)
         pool.require_samples()
         torch.manual_seed(options.seed)
@@ -246,7 +223,7 @@ def train_act_vae(
         if step >= options.steps:
             done = read_training_meta(ckpt)
             # the state is saved before the exports: after a crash between them, the exports are one save behind
-            sha = done["sha256"] if done.get("step") == step else _export(ckpt, model, meta())
+            sha = done["sha256"] if done.get("step") == step else export_weights(ckpt, model, meta())
             return TrainReport(ckpt, sha, step, resumed_from, True, len(pool), str(device), 0.0, None, 0, pool.notice)
         model.train()
         window_start, timed_steps = time.perf_counter(), 0  # for steps/s: this process's steps of the window
@@ -286,7 +263,7 @@ def train_act_vae(
             if step % options.save_every == 0 or step == options.steps:
                 loop.update(step=step, hits=hits, last=last.__dict__ if last else None)
                 _save_state(ckpt, model, optimizer, rng, loop)
-                sha = _export(ckpt, model, meta())
+                sha = export_weights(ckpt, model, meta())
     seconds = time.perf_counter() - started
     chunks = len(pool)
     return TrainReport(ckpt, sha, step, resumed_from, False, chunks, str(device), seconds, last, reseeded, pool.notice)

@@ -30,15 +30,15 @@ import torch
 from clap_data import train_state
 from clap_data.act_vae.checkpoint import (
     TRAINING_STATE_NAME,
-    clear_checkpoint,
+    export_weights,
     load_act_vae,
     read_training_meta,
-    write_training_meta,
+    resume_point,
 )
 from clap_data.act_vae.training import pick_device
 from clap_data.errors import ClapDataError
 from clap_data.locking import exclusive_lock
-from clap_data.models import VDVAE, VDVAEConfig, save_model
+from clap_data.models import VDVAE, VDVAEConfig
 from clap_data.models.backbone import load_backbone
 from clap_data.splits import Holdout
 from clap_data.vd_vae.frame_pairs import GAP
@@ -102,32 +102,6 @@ def _config(preset: str, backbone_dims: tuple[int, int], siglip_weight: float | 
     return config if siglip_weight is None else dataclasses.replace(config, siglip_weight=siglip_weight)
 
 
-def _resume(ckpt: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """The saved state to continue from, None to start afresh; refuses to mix different runs."""
-    if overwrite:
-        clear_checkpoint(ckpt)
-        shutil.rmtree(ckpt / CACHE_DIR, ignore_errors=True)
-        return None
-    state_file = ckpt / TRAINING_STATE_NAME
-    if not state_file.is_file():
-        if ckpt.exists() and any(p for p in ckpt.iterdir() if not p.name.startswith(".")):
-            raise ClapDataError(f"{ckpt} exists and is not a resumable VD-VAE run; choose another --out or pass --overwrite")
-        return None
-    saved = train_state.load(state_file)
-    run = saved["extra"].get("run", {})
-    if run != identity:
-        changed = sorted(k for k in identity.keys() | run.keys() if run.get(k) != identity.get(k))
-        raise ClapDataError(f"{ckpt} holds a run with other settings ({', '.join(changed)} differ); "
-                            "pass --overwrite to start afresh or choose another --out")
-    return saved
-
-
-def _export(ckpt: Path, model: VDVAE, meta: dict[str, Any]) -> str:
-    sha = save_model(model, ckpt)
-    write_training_meta(ckpt, {**meta, "sha256": sha})
-    return sha
-
-
 def train_vd_vae(
     cameras: dict[Path, str],
     act_vae_ckpt: Path,
@@ -160,7 +134,9 @@ def train_vd_vae(
     }
     started = time.perf_counter()
     with exclusive_lock(ckpt / ".lock", ckpt):
-        saved = _resume(ckpt, identity, options.overwrite)
+        if options.overwrite:  # the spooled pairs belong to the discarded run's settings
+            shutil.rmtree(ckpt / CACHE_DIR, ignore_errors=True)
+        saved = resume_point(ckpt, identity, options.overwrite, "VD-VAE")
         parts = []
         for i, (root, camera) in enumerate(zip(roots, cameras.values(), strict=True)):
             folder = ckpt / CACHE_DIR / f"{i}-{root.name}"
@@ -195,7 +171,7 @@ def train_vd_vae(
 
         if step >= options.steps:
             done = read_training_meta(ckpt)
-            sha = done["sha256"] if done.get("step") == step else _export(ckpt, model, meta())
+            sha = done["sha256"] if done.get("step") == step else export_weights(ckpt, model, meta())
             return VDTrainReport(ckpt, sha, step, resumed_from, True, pairs, str(device), 0.0, None)
         model.train()
         window_start, timed_steps = time.perf_counter(), 0
@@ -235,5 +211,5 @@ def train_vd_vae(
                             last=last.__dict__ if last else None)
                 state = train_state.capture(model, optimizer, generators={"batches": rng}, extra=loop)
                 train_state.save(ckpt / TRAINING_STATE_NAME, state)
-                sha = _export(ckpt, model, meta())
+                sha = export_weights(ckpt, model, meta())
     return VDTrainReport(ckpt, sha, step, resumed_from, False, pairs, str(device), time.perf_counter() - started, last)

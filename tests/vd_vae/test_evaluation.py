@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import Dinov2Config
 from typer.testing import CliRunner
 
 from clap_data.act_vae.checkpoint import load_act_vae
@@ -17,17 +16,17 @@ from clap_data.act_vae.decoding import detokenize
 from clap_data.actions import chunk_commands, tokenizer_input
 from clap_data.cli import app
 from clap_data.errors import ClapDataError
+from clap_data.factories.tiny_backbone import write_tiny_backbone
 from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.lerobot_v3.reader import iter_episode_arrays
 from clap_data.models import VDVAE, load_model, save_model
-from clap_data.models.backbone import FrozenBackbone, load_backbone
+from clap_data.models.backbone import load_backbone
 from clap_data.norm_stats import load_norm_stats
 from clap_data.splits import Holdout, episode_keys
 from clap_data.vd_vae.evaluation import evaluate_vd_vae
 from clap_data.vd_vae.frame_pairs import episode_videos, iter_frame_pairs
 from clap_data.vd_vae.training import VDTrainOptions, _config, train_vd_vae
 
-TINY_BACKBONE = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 # episodes of 40, 52 and 45 frames: pairs 32 apart need t + 32 inside the episode, so only a long tail holds any
 HOLDOUT = Holdout("tail", 0.9)
 runner = CliRunner()
@@ -35,10 +34,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("backbone") / "dinov2"
-    FrozenBackbone.from_config(Dinov2Config(patch_size=40, image_size=80, **TINY_BACKBONE)).model.save_pretrained(folder)
-    return folder
+    return write_tiny_backbone(tmp_path_factory.mktemp("backbone") / "dinov2")
 
 
 @pytest.fixture(scope="module")

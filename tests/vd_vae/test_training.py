@@ -10,29 +10,23 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Dinov2Config
 from typer.testing import CliRunner
 
 from clap_data.cli import app
 from clap_data.errors import ClapDataError
+from clap_data.factories.tiny_backbone import write_tiny_backbone
 from clap_data.models import VDVAE, load_model
-from clap_data.models.backbone import FrozenBackbone
 from clap_data.splits import Holdout
 from clap_data.vd_vae.pairs_dataset import training_pair_starts
 from clap_data.vd_vae.training import VDTrainOptions, train_vd_vae
 
-TINY_BACKBONE = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-# /40 patches: a 6 × 8 grid at 240×320, so 48 tokens per frame keep the CPU steps short
 HOLDOUT = Holdout("tail", 0.25)  # three episodes: the episode split could hold out a third of the data
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("backbone") / "dinov2"
-    FrozenBackbone.from_config(Dinov2Config(patch_size=40, image_size=80, **TINY_BACKBONE)).model.save_pretrained(folder)
-    return folder
+    return write_tiny_backbone(tmp_path_factory.mktemp("backbone") / "dinov2")
 
 
 def _train(unified_astribot, tiny_ckpt, backbone, out, **options):  # noqa: ANN001, ANN202
