@@ -3,11 +3,15 @@ datasets and a tiny Act-VAE checkpoint (session-wide and read only: tests that c
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tests never reach the network; the datasets cache of lerobot's loader goes to a temp dir.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -17,10 +21,13 @@ os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="clap-hf-cach
 from clap_data.act_vae.training import TrainOptions, train_act_vae  # noqa: E402
 from clap_data.factories.astribot import write_astribot_dataset  # noqa: E402
 from clap_data.factories.droid_rlds import write_droid_rlds_dataset  # noqa: E402
+from clap_data.factories.ego4d import write_ego4d_dataset  # noqa: E402
+from clap_data.factories.tiny_backbone import write_tiny_backbone  # noqa: E402
 from clap_data.models import ActVAEConfig  # noqa: E402
 from clap_data.pipelines.ingest import IngestRequest, ingest  # noqa: E402
 from clap_data.sources.astribot import AstribotSource  # noqa: E402
 from clap_data.sources.droid_rlds import DroidRldsSource  # noqa: E402
+from clap_data.sources.ego4d import Ego4DSource  # noqa: E402
 from clap_data.splits import Holdout  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -86,3 +93,38 @@ def tiny_ckpt(unified_astribot, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     train_act_vae([unified_astribot], out, config=TINY, options=TrainOptions(steps=40, batch_size=32, holdout=HOLDOUT, device="cpu"))
     return out
+
+
+@dataclass(frozen=True)
+class TokenizedCorpus:
+    """A robot dataset with both token columns and a human one with pseudo-tokens, and the models."""
+
+    robot: Path  # the factory Astribot dataset: action_tokens (tiny Act-VAE) + pseudo_tokens (head camera)
+    human: Path  # the factory Ego4D dataset ingested: pseudo_tokens
+    act_vae: Path
+    vd_vae: Path
+    backbone: Path
+
+
+@pytest.fixture(scope="session")
+def tokenized_corpus(unified_astribot, tiny_ckpt, tmp_path_factory, ray_local) -> TokenizedCorpus:
+    """Built once for the session (stats, report, publish, readers): an untrained, seeded VD-VAE on the
+    tiny Act-VAE's codebook with the tiny random backbone — real columns, meaningless codes. Read only."""
+    from clap_data.models import VDVAE, VDVAEConfig, save_model
+    from clap_data.pipelines.pseudolabel import PseudolabelRequest, pseudolabel_dataset
+    from clap_data.pipelines.tokenize import TokenizeRequest, tokenize_dataset
+
+    base = tmp_path_factory.mktemp("corpus")
+    backbone = write_tiny_backbone(base / "backbone")
+    torch.manual_seed(0)
+    config = dataclasses.replace(VDVAEConfig.small(), feature_dim=32, num_patches=48, env_codebook_size=16)
+    vd_vae = base / "vd_vae"
+    save_model(VDVAE.from_act_vae(tiny_ckpt, config), vd_vae)
+    robot = base / "astribot"
+    shutil.copytree(unified_astribot, robot)
+    tokenize_dataset(robot, TokenizeRequest(ckpt=tiny_ckpt, device="cpu"))
+    human = base / "ego4d"
+    ingest(Ego4DSource(write_ego4d_dataset(base / "ego4d_src")), IngestRequest(out=human))
+    for root in (robot, human):
+        pseudolabel_dataset(root, PseudolabelRequest(ckpt=vd_vae, backbone=backbone, camera="head", device="cpu"))
+    return TokenizedCorpus(robot, human, tiny_ckpt, vd_vae, backbone)
