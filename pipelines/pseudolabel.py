@@ -43,7 +43,7 @@ from clap_data.pipelines.column_job import (
 )
 from clap_data.progress import Reporter
 from clap_data.schemas import PSEUDO_TOKENS, PSEUDO_TOKENS_PADDED, camera_feature_key
-from clap_data.vd_vae.frame_pairs import EpisodeVideo, episode_videos, iter_episode_frames
+from clap_data.vd_vae.frame_pairs import EpisodeVideo, decoder_identity, episode_videos, iter_episode_frames
 
 SEGMENT_FRAMES = 256  # outputs per reader object at most (it carries up to SEGMENT_FRAMES + gap decoded frames)
 SEGMENT_BYTES = 96 << 20  # and at most about this much decoded RGB per object, so large frames make short segments
@@ -70,7 +70,8 @@ class PseudolabelRequest:
 
 def pseudo_identity(config: Any, sha256: str, backbone: dict[str, Any], camera: str) -> dict[str, Any]:
     """What a consumer needs to trust the pseudo-tokens and to know they share the Act-VAE's vocabulary
-    (stored in the feature's info): both checkpoints, the backbone's weights, the camera and the gap."""
+    (stored in the feature's info): both checkpoints, the backbone's weights, the camera, the gap and the decoder
+    (:func:`clap_data.vd_vae.frame_pairs.decoder_identity`)."""
     return {
         "tokenizer": "vd-vae",
         "checkpoint_sha256": sha256,
@@ -81,6 +82,7 @@ def pseudo_identity(config: Any, sha256: str, backbone: dict[str, Any], camera: 
         "backbone": backbone,
         "camera": camera,
         "gap": config.gap,
+        "decoder": decoder_identity(),
         **token_orders(PSEUDO_TOKENS),
     }
 

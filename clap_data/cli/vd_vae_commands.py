@@ -109,6 +109,21 @@ def _rate(value: float | None) -> str:
     return "—" if value is None else f"{value:.1%}"
 
 
+def _background_swaps(values: list[str], datasets: list[Path]) -> dict[Path, Path]:
+    """``--background-swap DS=OTHER`` values → evaluated dataset → its other-background twin."""
+    swaps = {}
+    for value in values:
+        name, equals, other = value.partition("=")
+        if not equals or not name or not other:
+            raise typer.BadParameter(f"{value!r} is not of the form DATASET=OTHER", param_hint="--background-swap")
+        matches = [d for d in datasets if d.absolute() == Path(name).absolute() or d.name == name]
+        if len(matches) != 1:
+            raise typer.BadParameter(f"{name!r} names {'none' if not matches else 'several'} of the evaluated "
+                                     "datasets", param_hint="--background-swap")
+        swaps[matches[0]] = Path(other)
+    return swaps
+
+
 @eval_app.command("vd-vae", no_args_is_help=True)
 @user_errors
 def eval_vd_vae(
@@ -120,10 +135,16 @@ def eval_vd_vae(
     compare: Annotated[Path | None, typer.Option(help="A second VD-VAE checkpoint, scored on the same pairs.")] = None,
     holdout: Annotated[str | None, typer.Option(help=_EVAL_VD_HOLDOUT_HELP)] = None,
     holdout_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Default: the checkpoint's.")] = None,
+    robustness: Annotated[bool, typer.Option(help="Also score each pair under brightness/contrast, grayscale and "
+                                                  "noise (4× the backbone calls).")] = True,
+    background_swap: Annotated[list[str] | None, typer.Option(
+        help="DS=OTHER: OTHER holds DS's motions on another background (episodes matched by source episode id); "
+             "its frames are scored as a background change.")] = None,
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Pseudo tokens on held-out robot pairs: code match with the Act-VAE, a constant-code baseline, decoded MSE."""
+    """Pseudo tokens on held-out robot pairs: code match with the Act-VAE, a constant-code baseline, decoded MSE,
+    and the share of codes unchanged under appearance changes (the paper's Table II)."""
     from clap_data.vd_vae.evaluation import evaluate_vd_vae, vd_vae_split
     from clap_data.vd_vae.frame_pairs import parse_camera_option
 
@@ -137,7 +158,9 @@ def eval_vd_vae(
         split = _holdout(holdout or trained.mode, fraction)
     cameras = parse_camera_option(camera or ["head"], datasets)
     ckpts = [ckpt] + ([compare] if compare is not None else [])
-    report = evaluate_vd_vae(ckpts, backbone, act_vae, cameras, split, device=device)
+    swaps = _background_swaps(background_swap or [], datasets)
+    report = evaluate_vd_vae(ckpts, backbone, act_vae, cameras, split, device=device, robustness=robustness,
+                             background_swaps=swaps)
     if as_json:
         print(json.dumps(report.to_dict()))
         return
@@ -170,6 +193,11 @@ def eval_vd_vae(
                     mse(report.act_vae_decoded_mse_mean))
     for dof in report.act_vae_decoded_mse:
         columns.add_row(f"  {dof}", *(mse(s.decoded_mse[dof]) for s in scores), "", mse(report.act_vae_decoded_mse[dof]))
+    if scores[0].robustness:
+        columns.add_row("codes unchanged under", *("" for _ in scores), "", "")
+        for change in scores[0].robustness:  # a constant code never changes: robustness is read beside agreement
+            columns.add_row(f"  {change.replace('_', ' ')}", *(_rate(s.robustness[change]) for s in scores),
+                            "100.0%", "")
     stdout.print(columns)
     for score in scores:
         verdict = {True: "beats", False: "does not beat", None: "cannot be compared with"}[score.beats_constant]

@@ -12,12 +12,20 @@ For each pair:
 * **constant-code baseline**: the most frequent Act-VAE code per slot on the evaluated pairs (ties: the smallest
   code), its exact-match rate; a model that does not beat it has learnt nothing of the action from the pixels.
 
+* **robustness** (the paper's Table II, as token agreement): the share of codes, over active slots, left
+  unchanged when the same pair is shown under each appearance change of
+  :mod:`clap_data.vd_vae.perturbations` (brightness/contrast, grayscale, noise) and, given a dataset of the same
+  motions on another background (``--background-swap DS=OTHER``, episodes matched by ``source/episode_id``),
+  with that dataset's frames. Robustness alone proves nothing — the constant code is perfectly robust — so it
+  is read beside the agreement.
+
 Several checkpoints (``--compare``) are scored on the same pairs; they must share the Act-VAE's codebook.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +48,8 @@ from clap_data.models.backbone import FrozenBackbone, load_backbone
 from clap_data.norm_stats import load_norm_stats
 from clap_data.schemas import ACTION_TOKENS, POSE14_NAMES
 from clap_data.splits import Holdout, episode_keys
-from clap_data.vd_vae.frame_pairs import GAP, episode_videos, iter_frame_pairs
+from clap_data.vd_vae.frame_pairs import GAP, EpisodeVideo, episode_videos, iter_frame_pairs
+from clap_data.vd_vae.perturbations import BACKGROUND_SWAP, PERTURBATIONS
 
 PAIR_BATCH = 16  # pairs (32 frames) per backbone call
 VD_VAE_HINT = "train one with clap-data train vd-vae"
@@ -57,6 +66,7 @@ class VDModelScore:
     decoded_mse: dict[str, float | None]  # per DOF, robot units, active arms only
     decoded_mse_mean: float | None
     beats_constant: bool | None
+    robustness: dict[str, float | None]  # appearance change → share of active codes unchanged
 
 
 @dataclass
@@ -75,6 +85,7 @@ class VDEvalReport:
     constant_per_slot: list[float | None]
     act_vae_decoded_mse: dict[str, float | None]  # the Act-VAE's own tokens decoded: its reconstruction
     act_vae_decoded_mse_mean: float | None
+    background_swaps: dict[str, str]  # dataset → the dataset of the same motions on another background
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,19 +117,72 @@ def _stored_tokens(root: Path, meta: DatasetMetadata, sha256: str, stats: NormSt
     return {e: np.asarray([c for _, c in sorted(rows)], dtype=np.int64) for e, rows in tokens.items()}
 
 
-def _pair_patches(video, starts: NDArray[np.int64], backbone: FrozenBackbone, gap: int) -> Iterator[torch.Tensor]:  # noqa: ANN001
-    """Backbone tokens ``[b, 2, P, D]`` of the pairs at ``starts`` (in order), in batches."""
+def _pair_frames(video: EpisodeVideo, starts: NDArray[np.int64], gap: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(t [b], uint8 frames [b, 2, H, W, 3])`` of the pairs at ``starts`` (in order), in batches."""
     wanted = set(starts.tolist())
     batch: list[np.ndarray] = []
+    ts: list[int] = []
     for pair in iter_frame_pairs(video, gap):
         if pair.padded or pair.t not in wanted:
             continue
-        batch += [pair.frame_t, pair.frame_gap]
-        if len(batch) == 2 * PAIR_BATCH:
-            yield backbone(np.stack(batch)).cpu().view(len(batch) // 2, 2, backbone.num_patches, -1)
-            batch = []
+        batch.append(np.stack([pair.frame_t, pair.frame_gap]))
+        ts.append(pair.t)
+        if len(batch) == PAIR_BATCH:
+            yield np.asarray(ts), np.stack(batch)
+            batch, ts = [], []
     if batch:
-        yield backbone(np.stack(batch)).cpu().view(len(batch) // 2, 2, backbone.num_patches, -1)
+        yield np.asarray(ts), np.stack(batch)
+
+
+def _patches(backbone: FrozenBackbone, frames: np.ndarray) -> torch.Tensor:
+    b = frames.shape[0]
+    return backbone(frames.reshape(2 * b, *frames.shape[2:])).view(b, 2, backbone.num_patches, -1)
+
+
+def _episode_codes(
+    models: list[VDVAE], backbone: FrozenBackbone, video: EpisodeVideo, starts: NDArray[np.int64], gap: int,
+    views: list[str], swap: EpisodeVideo | None,
+) -> dict[str, list[np.ndarray]]:
+    """View (``clean`` and each appearance change) → each model's pseudo tokens ``[len(starts), 2·Nq]``."""
+    codes: dict[str, list[list[np.ndarray]]] = {view: [[] for _ in models] for view in views}
+    swapped = _pair_frames(swap, starts, gap) if swap is not None else None
+    for ts, frames in _pair_frames(video, starts, gap):
+        for view in views:
+            if view == "clean":
+                shown = frames
+            elif view == BACKGROUND_SWAP:
+                shown = next(swapped)[1]
+            else:
+                shown = PERTURBATIONS[view](frames, ts)
+            patches = _patches(backbone, shown)
+            for i, model in enumerate(models):
+                codes[view][i].append(model.pseudo_tokens(patches).long().cpu().numpy())
+    return {view: [np.concatenate(c) if c else np.zeros((0, 0), np.int64) for c in per_model]
+            for view, per_model in codes.items()}
+
+
+def _source_episode_ids(meta: DatasetMetadata) -> list[tuple[int, str]]:
+    table = meta.episodes(["episode_index", "source/episode_id"])
+    return [(int(e), str(s)) for e, s in zip(*(table.column(i).to_pylist() for i in range(2)), strict=True)]
+
+
+def _swap_videos(meta: DatasetMetadata, other: Path, camera: str, lengths: dict[int, int]) -> dict[int, EpisodeVideo]:
+    """Episode index of ``meta``'s dataset → the video of the same source episode in ``other`` (the same
+    motions on another background), checked to be as long."""
+    other_meta = DatasetMetadata.load(other)
+    videos = episode_videos(other_meta, camera)
+    index_of = {source: episode for episode, source in _source_episode_ids(other_meta)}
+    matched = {}
+    for episode, source in _source_episode_ids(meta):
+        if source not in index_of:
+            raise ClapDataError(f"--background-swap: {other} has no episode {source!r} of {meta.root}: give a dataset "
+                                "of the same motions (e.g. another variant of the rendered factory)")
+        video = videos[index_of[source]]
+        if video.length != lengths[episode]:
+            raise ClapDataError(f"--background-swap: episode {source!r} has {video.length} frames in {other} and "
+                                f"{lengths[episode]} in {meta.root}: not the same motion")
+        matched[episode] = video
+    return matched
 
 
 class _DecodedErrors:
@@ -181,6 +245,23 @@ def _check_backbone(ckpt: Path, model: VDVAE, backbone: FrozenBackbone) -> None:
         raise ClapDataError(f"{ckpt} was trained on another backbone (weights {trained[:16]}…): pass its own --backbone")
 
 
+class _Unchanged:
+    """Running count, per model and appearance change, of active codes equal to those of the clean pair."""
+
+    def __init__(self, views: list[str], models: int) -> None:
+        self.same = {view: np.zeros(models, dtype=np.int64) for view in views}
+        self.active = {view: 0 for view in views}
+
+    def add(self, view: str, clean: list[np.ndarray], changed: list[np.ndarray], active: np.ndarray) -> None:
+        for i, (a, b) in enumerate(zip(clean, changed, strict=True)):
+            self.same[view][i] += int(((a == b) & active).sum())
+        self.active[view] += int(active.sum())
+
+    def rates(self, model: int) -> dict[str, float | None]:
+        return {view: float(self.same[view][model] / self.active[view]) if self.active[view] else None
+                for view in self.same}
+
+
 def evaluate_vd_vae(
     ckpts: list[Path],
     backbone_path: Path,
@@ -189,11 +270,18 @@ def evaluate_vd_vae(
     holdout: Holdout | None,
     device: str = "auto",
     gap: int = GAP,
+    robustness: bool = True,
+    background_swaps: dict[Path, Path] | None = None,
 ) -> VDEvalReport:
     """Score each VD-VAE of ``ckpts`` (the first is the main one) on the held-out pairs of ``cameras`` (each
-    robot dataset and the camera to pair); see the module docstring."""
+    robot dataset and the camera to pair); with ``robustness``, under each appearance change too, and against
+    the same motions on another background for the datasets of ``background_swaps``. See the module docstring."""
     if not ckpts:
         raise ClapDataError("give a VD-VAE checkpoint (--ckpt)")
+    swaps = {Path(k): Path(v) for k, v in (background_swaps or {}).items()}
+    unknown = [str(k) for k in swaps if k not in {Path(r) for r in cameras}]
+    if unknown:
+        raise ClapDataError(f"--background-swap names {', '.join(unknown)}, which is not among the evaluated datasets")
     device = str(pick_device(device))
     act_vae, act_sha = load_act_vae(act_vae_ckpt, device)
     stats_kind = read_training_meta(act_vae_ckpt).get("run", {}).get("stats", "openclap")
@@ -204,6 +292,8 @@ def evaluate_vd_vae(
         _check_backbone(ckpt, model, backbone)
         models.append((ckpt, model, sha))
     nq = act_vae.config.num_queries
+    changes = list(PERTURBATIONS) if robustness else []
+    unchanged = _Unchanged(changes + ([BACKGROUND_SWAP] if swaps else []), len(models))
     pseudo: list[list[np.ndarray]] = [[] for _ in models]
     targets: list[np.ndarray] = []
     masks: list[np.ndarray] = []
@@ -213,11 +303,15 @@ def evaluate_vd_vae(
     sources: dict[str, str] = {}
     for root, camera in cameras.items():
         root = Path(root)
-        with dataset_lock(root, exclusive=False, purpose="eval vd-vae"):
+        with ExitStack() as locks:
+            for locked in [root] + ([swaps[root]] if root in swaps else []):
+                locks.enter_context(dataset_lock(locked, exclusive=False, purpose="eval vd-vae"))
             meta = DatasetMetadata.load(root)
             if meta.robot_type == HUMAN:
                 raise ClapDataError(f"{root} is human video: eval vd-vae scores robot datasets (it needs actions)")
             videos = episode_videos(meta, camera)
+            swap_videos = (_swap_videos(meta, swaps[root], camera, meta.episode_lengths()) if root in swaps else {})
+            views = ["clean"] + changes + ([BACKGROUND_SWAP] if swap_videos else [])
             stats = load_norm_stats(root, stats_kind)
             keys = episode_keys(meta)
             stored = _stored_tokens(root, meta, act_sha, stats)
@@ -238,17 +332,17 @@ def evaluate_vd_vae(
                 truth = np.stack([chunk_commands(arrays.action, int(t))[0] for t in starts])
                 state = arrays.state[starts]
                 own_errors.add(_decode(act_vae, target, state, stats, mask), truth, mask)
-                tokens: list[list[np.ndarray]] = [[] for _ in models]
-                for patches in _pair_patches(videos[episode], starts, backbone, gap):
-                    for i, (_, model, _) in enumerate(models):
-                        tokens[i].append(model.pseudo_tokens(patches.to(device)).long().cpu().numpy())
-                for i in range(len(models)):
-                    codes = np.concatenate(tokens[i])
-                    if len(codes) != len(starts):
-                        raise ClapDataError(f"{root}: episode {episode} gave {len(codes)} frame pairs where "
-                                            f"{len(starts)} were expected")
-                    pseudo[i].append(codes)
-                    decoded_errors[i].add(_decode(act_vae, codes, state, stats, mask), truth, mask)
+                codes = _episode_codes([m for _, m, _ in models], backbone, videos[episode], starts, gap, views,
+                                       swap_videos.get(episode))
+                if any(len(c) != len(starts) for c in codes["clean"]):
+                    raise ClapDataError(f"{root}: episode {episode} gave fewer frame pairs than the {len(starts)} "
+                                        "expected")
+                active = _slot_active(mask, nq)
+                for view in views[1:]:
+                    unchanged.add(view, codes["clean"], codes[view], active)
+                for i, clean in enumerate(codes["clean"]):
+                    pseudo[i].append(clean)
+                    decoded_errors[i].add(_decode(act_vae, clean, state, stats, mask), truth, mask)
                 targets.append(target)
                 masks.append(mask)
                 count += len(starts)
@@ -264,13 +358,14 @@ def evaluate_vd_vae(
         overall, per_slot = match_rates(np.concatenate(pseudo[i]), target, active)
         beats = None if overall is None or constant_match is None else overall > constant_match
         scores.append(VDModelScore(str(ckpt), sha, overall, per_slot, decoded_errors[i].per_dof(),
-                                   decoded_errors[i].mean(), beats))
+                                   decoded_errors[i].mean(), beats, unchanged.rates(i)))
     return VDEvalReport(
         act_vae_sha256=act_sha, num_queries=nq, codebook_size=size,
         holdout=None if holdout is None else holdout.to_dict(), pairs=len(target), pairs_per_dataset=per_dataset,
         token_source=sources, cameras={str(Path(r)): c for r, c in cameras.items()}, models=scores,
         constant_codes=constant_codes, constant_match=constant_match, constant_per_slot=constant_per_slot,
         act_vae_decoded_mse=own_errors.per_dof(), act_vae_decoded_mse_mean=own_errors.mean(),
+        background_swaps={str(k): str(v) for k, v in swaps.items()},
     )
 
 

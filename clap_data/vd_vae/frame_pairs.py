@@ -62,6 +62,13 @@ class FramePair:
     padded: bool
 
 
+def decoder_identity() -> dict[str, str]:
+    """The decoder that turns our videos into the pixels a model sees: part of the pseudo-tokens' identity,
+    since decoders (and FFmpeg builds) may differ in the last bit of a pixel, and so in a code."""
+    libavcodec = ".".join(map(str, av.library_versions["libavcodec"]))
+    return {"name": "pyav", "version": av.__version__, "libavcodec": libavcodec}
+
+
 def camera_video_key(meta: DatasetMetadata, camera: str) -> str:
     """The video feature of ``camera`` (``head`` → ``observation.images.head``); refuses a camera the
     dataset lacks, naming the cameras it has."""

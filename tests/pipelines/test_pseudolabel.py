@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -19,11 +25,14 @@ from typer.testing import CliRunner
 
 from clap_data.cli import app
 from clap_data.errors import ClapDataError
+from clap_data.factories.astribot import write_astribot_dataset
 from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.lerobot_v3.verify import verify_dataset
 from clap_data.models import VDVAE, ActVAE, VDVAEConfig, load_model, save_model
 from clap_data.models.backbone import FrozenBackbone, load_backbone
+from clap_data.pipelines.ingest import IngestRequest, ingest
 from clap_data.pipelines.pseudolabel import PseudolabelRequest, pseudolabel_dataset
+from clap_data.sources.astribot import AstribotSource
 from clap_data.vd_vae.frame_pairs import episode_videos, iter_episode_frames
 
 runner = CliRunner()
@@ -120,6 +129,8 @@ def test_tokens_match_the_model_and_lerobot_returns_them(dataset, vd_ckpt, backb
     assert identity["backbone"] == load_backbone(backbone_dir).identity()
     assert identity["backbone"]["model_class"] == "Dinov2Model" and identity["backbone"]["image_size"] == [240, 320]
     assert identity["camera"] == "head" and identity["gap"] == GAP
+    assert identity["decoder"] == {"name": "pyav", "version": av.__version__,
+                                   "libavcodec": ".".join(map(str, av.library_versions["libavcodec"]))}
     assert identity["token_order"] == "left_then_right" and identity["text_order"] == "right_then_left"
     assert identity["arm_order"] == ["left", "right"] and identity["padded_column"] == "pseudo_tokens_padded"
     assert info["features"]["pseudo_tokens_padded"]["dtype"] == "bool"
@@ -168,3 +179,43 @@ def test_segments_shrink_with_the_frame_size():
     hd = segment_length(1280 * 720 * 3, 32)
     assert hd == SEGMENT_BYTES // (1280 * 720 * 3) - 32 and (hd + 32) * 1280 * 720 * 3 <= SEGMENT_BYTES
     assert segment_length(4096 * 2160 * 3, 32) == 1  # one output per object, never zero
+
+
+@pytest.fixture(scope="module")
+def long_dataset(tmp_path_factory) -> Path:
+    """Three 240-frame episodes: pseudo-labelling takes long enough to be killed in the middle."""
+    src = write_astribot_dataset(tmp_path_factory.mktemp("long") / "src", episode_lengths=(240, 240, 240),
+                                 video_size=(64, 48), reuse_videos=True)
+    out = tmp_path_factory.mktemp("long") / "astribot"
+    ingest(AstribotSource(src), IngestRequest(out=out))
+    return out
+
+
+def _pseudolabel_cli(root: Path, ckpt: Path, backbone: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "clap_data.cli", "pseudolabel", "vd-vae", str(root), "--ckpt", str(ckpt),
+               "--backbone", str(backbone), "--camera", "head", "--device", "cpu", "--batch-size", "8"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.slow
+def test_kill_9_during_inference_then_rerun_gives_the_uninterrupted_bytes(long_dataset, vd_ckpt, backbone_dir, tmp_path):
+    whole, killed = tmp_path / "whole" / "astribot", tmp_path / "killed" / "astribot"
+    for copy in (whole, killed):
+        shutil.copytree(long_dataset, copy)
+    reference = _pseudolabel_cli(whole, vd_ckpt, backbone_dir)
+    assert reference.wait(timeout=300) == 0, reference.stdout.read().decode()
+    process = _pseudolabel_cli(killed, vd_ckpt, backbone_dir)
+    staging = killed.parent / ".astribot.clap-columns"
+    deadline = time.monotonic() + 240
+    while not (staging / "run.json").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (staging / "run.json").is_file(), "the run was not caught between staging and commit"
+    assert data_bytes(killed) == data_bytes(long_dataset), "a killed run must leave the dataset as it was"
+    rerun = _pseudolabel_cli(killed, vd_ckpt, backbone_dir)
+    output = rerun.communicate(timeout=300)[0].decode()
+    assert rerun.returncode == 0, output
+    assert data_bytes(killed) == data_bytes(whole)
+    assert not staging.exists() and verify_dataset(killed).ok

@@ -16,15 +16,19 @@ from clap_data.act_vae.decoding import detokenize
 from clap_data.actions import chunk_commands, tokenizer_input
 from clap_data.cli import app
 from clap_data.errors import ClapDataError
+from clap_data.factories.rendered import write_rendered_robot
 from clap_data.factories.tiny_backbone import write_tiny_backbone
 from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.lerobot_v3.reader import iter_episode_arrays
 from clap_data.models import VDVAE, load_model, save_model
 from clap_data.models.backbone import load_backbone
 from clap_data.norm_stats import load_norm_stats
+from clap_data.pipelines.ingest import IngestRequest, ingest
+from clap_data.sources.astribot import AstribotSource
 from clap_data.splits import Holdout, episode_keys
 from clap_data.vd_vae.evaluation import evaluate_vd_vae
 from clap_data.vd_vae.frame_pairs import episode_videos, iter_frame_pairs
+from clap_data.vd_vae.perturbations import PERTURBATIONS
 from clap_data.vd_vae.training import VDTrainOptions, _config, train_vd_vae
 
 # episodes of 40, 52 and 45 frames: pairs 32 apart need t + 32 inside the episode, so only a long tail holds any
@@ -136,3 +140,83 @@ def test_compare_scores_two_checkpoints_on_the_same_pairs(unified_astribot, tiny
     assert result.exit_code == 0, result.output
     assert "trained (" in result.output and "untrained (" in result.output and "constant code" in result.output
     assert "the constant-code baseline" in result.output
+
+
+def _unchanged_share(root: Path, vd_ckpt: Path, backbone: Path, change: str, other: Path | None = None) -> float:
+    """Share of active codes unchanged between each unpadded pair and the same pair under ``change`` (or, for the
+    background swap, the same episode's pair in ``other``), scored one pair at a time without the evaluation."""
+    model, _ = load_model(VDVAE, vd_ckpt, kind="a VD-VAE")
+    frozen = load_backbone(backbone)
+    meta = DatasetMetadata.load(root)
+    videos = episode_videos(meta, "head")
+    swapped = episode_videos(DatasetMetadata.load(other), "head") if other else {}
+    same = active = 0
+    for arrays in iter_episode_arrays(root):
+        episode = arrays.episode_index
+        twins = iter_frame_pairs(swapped[episode], 32) if other else None
+        for pair in iter_frame_pairs(videos[episode], 32):
+            twin = next(twins) if twins else None
+            if pair.padded:
+                continue
+            clean = np.stack([pair.frame_t, pair.frame_gap])[None]
+            changed = np.stack([twin.frame_t, twin.frame_gap])[None] if twin else PERTURBATIONS[change](clean, np.array([pair.t]))
+            codes = [model.pseudo_tokens(frozen(x[0]).unsqueeze(0))[0].numpy() for x in (clean, changed)]
+            slots = np.repeat(arrays.arm_mask[pair.t] != 0, len(codes[0]) // 2)
+            same += int(((codes[0] == codes[1]) & slots).sum())
+            active += int(slots.sum())
+    return same / active
+
+
+def test_robustness_is_the_share_of_codes_unchanged_under_each_change(unified_astribot, tiny_ckpt, backbone, vd_ckpts):
+    _, untrained = vd_ckpts
+    report = evaluate_vd_vae([untrained], backbone, tiny_ckpt, {unified_astribot: "head"}, None)
+    robustness = report.models[0].robustness
+    assert list(robustness) == ["brightness_contrast", "grayscale", "noise"]
+    for change in ("grayscale", "noise"):
+        assert robustness[change] == pytest.approx(_unchanged_share(unified_astribot, untrained, backbone, change))
+    assert any(value < 1.0 for value in robustness.values())  # the changes do reach the codes of a random model
+    quiet = evaluate_vd_vae([untrained], backbone, tiny_ckpt, {unified_astribot: "head"}, None, robustness=False)
+    assert quiet.models[0].robustness == {} and quiet.models[0].exact_match == report.models[0].exact_match
+
+
+@pytest.fixture(scope="module")
+def rendered_variants(tmp_path_factory, ray_local) -> tuple[Path, Path]:
+    """Two rendered robot episodes under two appearances, ingested: the same motions on two backgrounds."""
+    base = tmp_path_factory.mktemp("rendered")
+    roots = write_rendered_robot(base / "robot", episodes=2, lengths=(40, 44), variants=2)
+    outs = []
+    for root in roots:
+        ingest(AstribotSource(root), IngestRequest(out=base / root.name))
+        outs.append(base / root.name)
+    return outs[0], outs[1]
+
+
+def test_background_swap_scores_the_same_motion_on_another_background(rendered_variants, tiny_ckpt, backbone,
+                                                                      vd_ckpts, tokenized_corpus):
+    _, untrained = vd_ckpts
+    neutral, other = rendered_variants
+    args = ["eval", "vd-vae", str(neutral), "--ckpt", str(untrained), "--backbone", str(backbone), "--act-vae",
+            str(tiny_ckpt), "--device", "cpu", "--no-robustness"]
+    result = runner.invoke(app, [*args, "--background-swap", f"{neutral.name}={other}", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["background_swaps"] == {str(neutral): str(other)}
+    swap = report["models"][0]["robustness"]["background_swap"]
+    assert swap == pytest.approx(_unchanged_share(neutral, untrained, backbone, "", other))
+    itself = evaluate_vd_vae([untrained], backbone, tiny_ckpt, {neutral: "head"}, None, robustness=False,
+                             background_swaps={neutral: neutral})
+    assert itself.models[0].robustness == {"background_swap": 1.0}  # the very same frames: nothing changes
+    result = runner.invoke(app, [*args, "--background-swap", f"{neutral}={tokenized_corpus.human}"])
+    assert result.exit_code != 0 and f"{tokenized_corpus.human} has no episode '000000'" in result.output
+
+
+def test_stored_action_tokens_are_the_reference_when_they_are_this_act_vaes(tokenized_corpus, unified_astribot,
+                                                                            tiny_ckpt, backbone, vd_ckpts):
+    _, untrained = vd_ckpts
+    stored = evaluate_vd_vae([untrained], backbone, tiny_ckpt, {tokenized_corpus.robot: "head"}, None, robustness=False)
+    computed = evaluate_vd_vae([untrained], backbone, tiny_ckpt, {unified_astribot: "head"}, None, robustness=False)
+    assert stored.token_source == {str(tokenized_corpus.robot): "stored"}
+    assert computed.token_source == {str(unified_astribot): "computed"}
+    assert stored.constant_codes == computed.constant_codes and stored.pairs == computed.pairs
+    assert stored.models[0].exact_match == computed.models[0].exact_match
+    assert stored.act_vae_decoded_mse == computed.act_vae_decoded_mse
