@@ -128,3 +128,14 @@ def tokenized_corpus(unified_astribot, tiny_ckpt, tmp_path_factory, ray_local) -
     for root in (robot, human):
         pseudolabel_dataset(root, PseudolabelRequest(ckpt=vd_vae, backbone=backbone, camera="head", device="cpu"))
     return TokenizedCorpus(robot, human, tiny_ckpt, vd_vae, backbone)
+
+
+@pytest.fixture(scope="session")
+def loopback_hub(tmp_path_factory):
+    """A Hugging Face Hub on 127.0.0.1 for the session (tests/loopback_hub.py). huggingface_hub reads HF_ENDPOINT
+    when it is imported, and this session is offline, so clients run in subprocesses with ``hub.client_env(home)``;
+    tests share the server, so each uses its own repo ids."""
+    from tests.loopback_hub import LoopbackHub
+
+    with LoopbackHub(tmp_path_factory.mktemp("loopback_hub")) as hub:
+        yield hub
