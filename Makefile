@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml
 # It is verified against its manifest (every frame decoded). Then a short Act-VAE run on it (small
 # preset; ~2 min on 2 cores): train, tokenize, evaluate on
 # the held-out end of the episode, decode one frame's tokens back to an executable chunk. Last, a short
-# VD-VAE run with a tiny random backbone (said so on screen): train, pseudo-label, verify.
+# VD-VAE run with a tiny random backbone (said so on screen): train, pseudo-label, verify. Last, the token
+# statistics and the HTML report of what it built.
 demo: $(STAMP)
 	@mkdir -p $(DEMO_DIR)
 	@if [ -d $(SHARED_FIXTURE) ]; then src=$(SHARED_FIXTURE); \
@@ -50,7 +51,10 @@ demo: $(STAMP)
 		--holdout tail --holdout-fraction 0.2 --overwrite && \
 	$(VENV)/bin/clap-data pseudolabel vd-vae $(DEMO_DIR)/astribot_v3 --ckpt $(DEMO_DIR)/vd_vae \
 		--backbone $(DEMO_DIR)/tiny_backbone --camera wrist_left && \
-	$(VENV)/bin/clap-data verify $(DEMO_DIR)/astribot_v3
+	$(VENV)/bin/clap-data verify $(DEMO_DIR)/astribot_v3 && \
+	$(VENV)/bin/clap-data stats $(DEMO_DIR)/astribot_v3 && \
+	$(VENV)/bin/clap-data report $(DEMO_DIR)/astribot_v3 --act-vae $(DEMO_DIR)/act_vae --out $(DEMO_DIR)/report.html && \
+	echo "The report: $(abspath $(DEMO_DIR))/report.html (one self-contained HTML file; open it in any browser)"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

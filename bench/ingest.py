@@ -403,6 +403,13 @@ def results_section(args: argparse.Namespace, command: str, machine: dict[str, s
     )
 
 
+def section_header(title: str, script: str, argv: list[str]) -> str:
+    """The dated title, the command line and the machine: what every benchmark's section starts with."""
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    machine = "\n".join(f"- {name}: {value}" for name, value in machine_description().items())
+    return f"## {title} ({date})\n\nWritten by `{script}`. Command: `{shlex.join(['python', script, *argv])}`\n\n{machine}\n"
+
+
 def update_results(path: Path, key: str, section: str, script: str = "bench/ingest.py") -> None:
     """Replace ``script``'s section for this configuration (between its markers) or append it;
     the header is written only when the file is new, so hand edits to it survive. Every benchmark

@@ -180,7 +180,8 @@ def numpy_usage(root: Path, repeat: int) -> tuple[tuple[float, float], list[list
 
 def duckdb_run(root: Path, kind: str, args: argparse.Namespace) -> tuple[float, tuple[float, float], list[list[int]]]:
     """Seconds to open the corpus (connect, lock, make the views: no row read), then the statistics."""
-    from clap_data.stats import open_corpus, slot_usage, token_stats
+    from clap_data.corpus import open_corpus
+    from clap_data.stats import slot_usage, token_stats
 
     def work() -> list[list[int]]:
         if kind == "usage":
