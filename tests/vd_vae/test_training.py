@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +129,41 @@ def test_robot_and_human_pairs_train_together(unified_astribot, unified_human, t
     result = runner.invoke(app, ["train", "vd-vae", "--robot", str(unified_human), "--act-vae", str(tiny_ckpt),
                                  "--backbone", str(backbone), "--out", str(tmp_path / "cli")])
     assert result.exit_code != 0 and "is human video" in result.output
+
+
+# The child trains to 8 saving every 4 and stalls at step 6 (after the step-4 save) until the test kills it.
+KILLED_RUN = """
+import json, sys, time
+from pathlib import Path
+from clap_data.splits import Holdout
+from clap_data.vd_vae.training import VDTrainOptions, train_vd_vae
+args = json.loads(sys.argv[1])
+
+def stall(metrics, total):
+    if metrics.step == 6:
+        print("stalled", flush=True)
+        time.sleep(600)
+
+options = VDTrainOptions(steps=8, batch_size=4, holdout=Holdout("tail", 0.25), device="cpu", save_every=4, log_every=2)
+train_vd_vae({Path(args["data"]): "head"}, Path(args["act_vae"]), Path(args["backbone"]), Path(args["out"]),
+             options=options, on_progress=stall)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_rerun_gives_the_uninterrupted_weights(unified_astribot, tiny_ckpt, backbone, tmp_path):
+    straight = _train(unified_astribot, tiny_ckpt, backbone, tmp_path / "straight")
+    killed = tmp_path / "killed"
+    args = {"data": str(unified_astribot), "act_vae": str(tiny_ckpt), "backbone": str(backbone), "out": str(killed)}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, json.dumps(args)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "stalled"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert json.loads((killed / "training.json").read_text())["step"] == 4
+    rerun = _train(unified_astribot, tiny_ckpt, backbone, killed)
+    assert rerun.resumed_from == 4 and rerun.steps == 8 and rerun.sha256 == straight.sha256
+    assert (killed / "model.safetensors").read_bytes() == (tmp_path / "straight" / "model.safetensors").read_bytes()
