@@ -1,194 +1,30 @@
-"""SQL views over clap-data datasets and the statistics of their token columns, computed by DuckDB.
+"""The statistics of a corpus's token columns (:mod:`clap_data.corpus`), computed by DuckDB on its views.
 
-Why DuckDB, straight from parquet: a corpus is tens of millions of frames in many datasets; DuckDB scans
-the ``data/`` files in parallel, streaming, so memory follows the number of distinct codes, never the
-number of rows, and the same views serve ad-hoc questions (``clap-data sql``) and the fixed statistics
-(``clap-data stats``). Views, each with a ``dataset`` column (the folder name, made unique):
-
-* ``frames``: every row of ``data/chunk-*/file-*.parquet``, plus ``robot_type``; datasets whose columns
-  differ (a human dataset has no ``action_tokens``, cameras differ) are unioned by name, the missing
-  columns NULL;
-* ``episodes`` (``meta/episodes``), ``tasks`` (``meta/tasks.parquet``), ``quarantine``
-  (``quarantine.parquet``, empty with the same columns where a dataset has none) and ``datasets`` (one
-  row per dataset: robot_type, root, fps, episodes, frames, token columns).
-
-Token statistics, for each token column (``action_tokens``, ``pseudo_tokens``: ``2·Nq`` codes, the left
-arm's then the right's), count only the slots of active arms (``arm_mask``) and are given per slot and
-pooled over slots, for the whole corpus and per group (``robot_type``, ``task`` or ``dataset``). Chunk
-transitions pair the codes of frame t with those of frame t + chunk (the next non-overlapping chunk) in
-the same episode; an episode never spans data files, so they are counted one file at a time and memory
-stays bounded by the largest file. Only the small count tables come back to Python.
+For each token column (``action_tokens``, ``pseudo_tokens``: ``2·Nq`` codes, the left arm's then the right's),
+they count only the slots of active arms (``arm_mask``) and are given per slot and pooled over slots, for the
+whole corpus and per group (``robot_type``, ``task`` or ``dataset``). Memory follows the number of distinct
+codes, never the number of rows. Chunk transitions pair the codes of frame t with those of frame t + chunk
+(the next non-overlapping chunk) in the same episode; an episode never spans data files, so they are counted
+one file at a time and memory stays bounded by the largest file. Only the small count tables come back to
+Python.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from clap_data.actions import HUMAN
+from clap_data.corpus import Corpus, CorpusDataset, sql_identifier, sql_literal
 from clap_data.errors import ClapDataError
-from clap_data.lerobot_v3 import layout
-from clap_data.lerobot_v3.metadata import DatasetMetadata
-from clap_data.locking import dataset_lock
 from clap_data.schemas import ACTION_TOKENS, ARM_MASK_COLUMN, ARM_MASK_NAMES, PADDED_COLUMN_OF, PSEUDO_TOKENS
 
-VIEWS = ("frames", "episodes", "tasks", "quarantine", "datasets")
 BY_KEYS = ("robot_type", "task", "dataset")
 _COMPACT_ROWS = 4_000_000  # transition counts gathered file by file are re-aggregated past this many rows
 _LN2 = math.log(2)
-
-
-def sql_literal(text: str) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
-
-
-def sql_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def first_sentence(error: duckdb.Error) -> str:
-    """DuckDB's message without the query excerpt and caret it appends ("LINE 1: …")."""
-    kept = []
-    for line in str(error).splitlines():
-        if line.startswith("LINE "):
-            break
-        kept.append(line.strip())
-    return " ".join(filter(None, kept)).rstrip(".") or type(error).__name__
-
-
-# --- the views ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CorpusDataset:
-    """One dataset of a corpus: the name its rows carry in the views, and its metadata."""
-
-    name: str
-    meta: DatasetMetadata
-
-    def frames_select(self, files: list[Path] | None = None) -> str:
-        """Its data rows (all files, or ``files``) with ``dataset`` and ``robot_type`` in front."""
-        paths = files if files is not None else [self.meta.root / "data" / "chunk-*" / "file-*.parquet"]
-        sources = "[" + ", ".join(sql_literal(str(p)) for p in paths) + "]"
-        return (f"SELECT {sql_literal(self.name)} AS dataset, {sql_literal(self.meta.robot_type)} AS robot_type, * "
-                f"FROM read_parquet({sources}, union_by_name = true)")
-
-
-@dataclass
-class Corpus:
-    """A DuckDB connection holding the views over ``datasets``."""
-
-    connection: duckdb.DuckDBPyConnection
-    datasets: list[CorpusDataset]
-
-
-def unique_names(roots: list[Path]) -> list[str]:
-    """Folder names, with ``_2``, ``_3``… after repeats, so rows of two ``v3`` folders stay apart."""
-    names: list[str] = []
-    for root in roots:
-        base, n = Path(root).name or "dataset", 1
-        name = base
-        while name in names:
-            n += 1
-            name = f"{base}_{n}"
-        names.append(name)
-    return names
-
-
-def _union(selects: list[str]) -> str:
-    return " UNION ALL BY NAME ".join(f"({select})" for select in selects)
-
-
-def _view_statements(datasets: list[CorpusDataset]) -> dict[str, str]:
-    def with_name(ds: CorpusDataset, path: Path) -> str:
-        files = sql_literal(str(path))
-        return f"SELECT {sql_literal(ds.name)} AS dataset, * FROM read_parquet({files}, union_by_name = true)"
-
-    quarantined = [with_name(ds, ds.meta.root / layout.QUARANTINE_PATH) for ds in datasets
-                   if (ds.meta.root / layout.QUARANTINE_PATH).is_file()]
-    rows = ", ".join(
-        f"({sql_literal(ds.name)}, {sql_literal(ds.meta.robot_type)}, {sql_literal(str(ds.meta.root))}, "
-        f"{ds.meta.fps}, {ds.meta.total_episodes}, {ds.meta.total_frames}, "
-        f"CAST([{', '.join(sql_literal(c) for c in ds.meta.token_columns)}] AS VARCHAR[]))"
-        for ds in datasets
-    )
-    columns = "dataset, robot_type, root, fps, episodes, frames, token_columns"
-    return {
-        "frames": _union([ds.frames_select() for ds in datasets]),
-        "episodes": _union([with_name(ds, ds.meta.root / "meta" / "episodes" / "chunk-*" / "file-*.parquet")
-                            for ds in datasets]),
-        "tasks": _union([with_name(ds, ds.meta.root / layout.TASKS_PATH) for ds in datasets]),
-        "quarantine": _union(quarantined) if quarantined else _empty_quarantine(),
-        "datasets": f"SELECT * FROM (VALUES {rows}) AS t({columns})",
-    }
-
-
-def _empty_quarantine() -> str:
-    """The quarantine's columns (all strings) and no row, for a corpus where no dataset has one."""
-    from clap_data.lerobot_v3.writer import QUARANTINE_SCHEMA  # imported here: the writer pulls in pandas and av
-
-    names = ["dataset", *QUARANTINE_SCHEMA.names]
-    return "SELECT " + ", ".join(f"CAST(NULL AS VARCHAR) AS {sql_identifier(n)}" for n in names) + " WHERE false"
-
-
-def _load(roots: list[Path]) -> list[CorpusDataset]:
-    if not roots:
-        raise ClapDataError("give at least one dataset")
-    for root in roots:
-        if not Path(root).is_dir():
-            raise ClapDataError(f"{root} does not exist" if not Path(root).exists() else f"{root} is not a folder")
-    metas = [DatasetMetadata.load(Path(root)) for root in roots]
-    seen: dict[Path, Path] = {}
-    for root, meta in zip(roots, metas, strict=True):
-        resolved = meta.root.resolve()
-        if resolved in seen:
-            raise ClapDataError(f"{root} is given twice (also as {seen[resolved]}): its rows would count twice")
-        seen[resolved] = Path(root)
-        if not meta.data_files():
-            raise ClapDataError(f"{root} has no data files (data/chunk-*/file-*.parquet)")
-    return [CorpusDataset(name, meta) for name, meta in zip(unique_names([m.root for m in metas]), metas, strict=True)]
-
-
-@contextmanager
-def open_corpus(
-    roots: list[Path], *, purpose: str, database: str = ":memory:", threads: int | None = None,
-    memory_limit: str | None = None,
-) -> Iterator[Corpus]:
-    """The views over ``roots`` in a DuckDB ``database`` (in memory, or a file that keeps them), each
-    dataset's lock held shared for the block so that no writer changes a dataset while it is read."""
-    _load(roots)  # what is not a dataset is refused before a lock file is made beside it
-    with ExitStack() as stack:
-        for root in roots:
-            stack.enter_context(dataset_lock(Path(root), exclusive=False, purpose=purpose))
-        datasets = _load(roots)  # again, now that no writer can change them
-        spill = tempfile.mkdtemp(prefix="clap-duckdb-")  # DuckDB would spill into ./.tmp otherwise
-        stack.callback(shutil.rmtree, spill, True)
-        try:
-            connection = duckdb.connect(database)
-        except duckdb.Error as exc:
-            raise ClapDataError(f"{database} cannot be opened as a DuckDB database ({first_sentence(exc)})") from None
-        stack.callback(connection.close)
-        connection.execute(f"SET temp_directory = {sql_literal(spill)}")
-        connection.execute("SET preserve_insertion_order = false")  # lets scans stream into aggregates
-        connection.execute("SET enable_progress_bar = false")  # it would print into the results on stdout
-        if threads:
-            connection.execute(f"SET threads = {int(threads)}")
-        if memory_limit:
-            connection.execute(f"SET memory_limit = {sql_literal(memory_limit)}")
-        for view, select in _view_statements(datasets).items():
-            try:
-                connection.execute(f"CREATE OR REPLACE VIEW {view} AS {select}")
-            except duckdb.Error as exc:
-                raise ClapDataError(f"the {view} view cannot be made: {first_sentence(exc)}") from None
-        yield Corpus(connection, datasets)
 
 
 # --- what the statistics are ----------------------------------------------------------------------
@@ -351,8 +187,11 @@ def _active_slots(num_queries: int, left: str, right: str, *lists: str) -> list[
             *(case(x, f"{x}[1:{nq}]", f"{x}[{nq + 1}:{2 * nq}]") for x in lists)]
 
 
-def _count_usage(con: duckdb.DuckDBPyConnection, col: _Column, by: str, valid_only: bool, table: str) -> None:
-    """One scan: uses of each code per (robot_type, group, slot), active arms only."""
+def _count_usage(
+    con: duckdb.DuckDBPyConnection, col: _Column, by: str, valid_only: bool, table: str, source: str = "frames",
+) -> None:
+    """One scan of ``source`` (the frames view, or one dataset's rows): uses of each code per (robot_type, group,
+    slot), active arms only."""
     group, join = _grouping(by)
     tokens, padded = sql_identifier(col.name), sql_identifier(PADDED_COLUMN_OF[col.name])
     mask = sql_identifier(ARM_MASK_COLUMN)
@@ -364,7 +203,7 @@ def _count_usage(con: duckdb.DuckDBPyConnection, col: _Column, by: str, valid_on
             SELECT robot_type, grp, unnest({slots}) AS slot, unnest({codes}) AS code FROM (
                 SELECT f.robot_type, {group} AS grp, f.{mask}[1] > 0.5 AS l, f.{mask}[2] > 0.5 AS r,
                        f.{tokens} AS tok
-                FROM frames f {join} WHERE {keep}))
+                FROM {source} f {join} WHERE {keep}))
         GROUP BY ALL""")
 
 
@@ -541,18 +380,28 @@ def _human_robot(
     return _divergence(con, pseudo_table, action_table, action_col.num_queries)
 
 
-def slot_usage(corpus: Corpus, column: str = ACTION_TOKENS, *, valid_only: bool = False) -> list[list[int]]:
-    """``counts[slot][code]`` of ``column`` over the whole corpus, active arms only: the scan at the heart of
-    :func:`token_stats` on its own (the benchmark times it against ``np.bincount``)."""
-    col = next((c for c in _columns(corpus.datasets, []) if c.name == column), None)
+def slot_usage(
+    corpus: Corpus, column: str = ACTION_TOKENS, *, valid_only: bool = False, dataset: str | None = None,
+) -> list[list[int]]:
+    """``counts[slot][code]`` of ``column``, active arms only, over the whole corpus or over its ``dataset`` (the
+    name its rows carry in the views): the scan at the heart of :func:`token_stats` on its own. The benchmark
+    times it against ``np.bincount``; the report counts one dataset at a time, so that datasets tokenized with
+    different Nq or K can be shown side by side."""
+    members = corpus.datasets if dataset is None else [ds for ds in corpus.datasets if ds.name == dataset]
+    if not members:
+        raise ClapDataError(f"the corpus has no dataset named {dataset!r}")
+    col = next((c for c in _columns(members, []) if c.name == column), None)
     if col is None:
-        raise ClapDataError(f"no dataset of the corpus has a {column} column")
-    _count_usage(corpus.connection, col, "dataset", valid_only, "clap_slot_usage")
+        raise ClapDataError(f"no dataset of the corpus has a {column} column" if dataset is None
+                            else f"{members[0].meta.root} has no {column} column")
+    where = "" if dataset is None else f"{members[0].meta.root}: "
+    source = "frames" if dataset is None else f"({members[0].frames_select()})"
+    _count_usage(corpus.connection, col, "dataset", valid_only, "clap_slot_usage", source)
     counts = [[0] * col.codebook_size for _ in range(col.slots)]
     rows = corpus.connection.execute("SELECT slot, code, sum(n)::BIGINT FROM clap_slot_usage GROUP BY ALL").fetchall()
     for slot, code, n in rows:
         if not 0 <= code < col.codebook_size:
-            raise ClapDataError(f"code {code} of {column} lies outside the codebook [0, {col.codebook_size})")
+            raise ClapDataError(f"{where}code {code} of {column} lies outside the codebook [0, {col.codebook_size})")
         counts[slot][code] = n
     return counts
 

@@ -48,6 +48,11 @@ CAMERA_NAMES = ("head", "wrist_left", "wrist_right")
 TOKEN_COLUMNS = (ACTION_TOKENS, PSEUDO_TOKENS)
 PADDED_COLUMN_OF = {ACTION_TOKENS: ACTION_TOKENS_PADDED, PSEUDO_TOKENS: PSEUDO_TOKENS_PADDED}
 
+# quarantine.parquet beside meta/: one row per episode left out of the dataset, every value a string.
+QUARANTINE_SCHEMA = pa.schema(
+    [("source_episode", pa.string()), ("category", pa.string()), ("file", pa.string()), ("reason", pa.string())]
+)
+
 
 class UnknownSchemaError(Exception):
     """A dataset written by a clap-data schema this version cannot read."""

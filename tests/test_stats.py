@@ -1,5 +1,6 @@
-"""The DuckDB views and token statistics of clap_data.stats, against figures computed independently from
-the parquet files with pyarrow, numpy and scipy, and on hand-made tokens whose statistics are known."""
+"""The DuckDB views of clap_data.corpus and the token statistics of clap_data.stats, against figures computed
+independently from the parquet files with pyarrow, numpy and scipy, and on hand-made tokens whose statistics are
+known."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.spatial.distance import jensenshannon
 
+from clap_data.corpus import open_corpus, unique_names
 from clap_data.errors import ClapDataError
 from clap_data.locking import dataset_lock
-from clap_data.stats import open_corpus, slot_usage, token_stats, unique_names
+from clap_data.stats import slot_usage, token_stats
 
 K, NQ, CHUNK = 16, 4, 32  # the tiny Act-VAE of the corpus fixture: 4 codes per arm, codebook of 16, chunks of 32
 

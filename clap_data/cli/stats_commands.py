@@ -1,5 +1,5 @@
 """Commands that look into datasets without changing them: ``sql`` (DuckDB over the views of
-:mod:`clap_data.stats`) and ``stats`` (the token statistics)."""
+:mod:`clap_data.corpus`) and ``stats`` (the token statistics of :mod:`clap_data.stats`)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def _run(connection: Any, statement: str, output: str, max_rows: int) -> None:
     """Raises ClapDataError with DuckDB's message as one sentence when the statement fails."""
     import duckdb
 
-    from clap_data.stats import first_sentence
+    from clap_data.corpus import first_sentence
 
     try:
         cursor = connection.execute(statement)
@@ -117,7 +117,7 @@ def _run(connection: Any, statement: str, output: str, max_rows: int) -> None:
 
 def _dot_command(connection: Any, line: str, max_rows: int) -> bool:
     """Run one ``.command``; False when it asks to leave."""
-    from clap_data.stats import VIEWS, sql_identifier
+    from clap_data.corpus import VIEWS, sql_identifier
 
     word, _, rest = line.strip().partition(" ")
     if word in (".quit", ".exit"):
@@ -207,7 +207,7 @@ def sql(
 ) -> None:
     """Query datasets with DuckDB SQL: views frames, episodes, tasks, quarantine, datasets. Without a query,
     an interactive prompt."""
-    from clap_data.stats import VIEWS, open_corpus
+    from clap_data.corpus import VIEWS, open_corpus
 
     datasets, query = split_query(items)
     output = "json" if as_json else "csv" if as_csv else "table"
@@ -303,7 +303,8 @@ def stats(
 ) -> None:
     """Token statistics: code usage, entropy, perplexity, dead codes, chunk-to-chunk transitions, per slot and
     per group, and how far human pseudo-tokens are from robot action tokens."""
-    from clap_data.stats import BY_KEYS, open_corpus, token_stats
+    from clap_data.corpus import open_corpus
+    from clap_data.stats import BY_KEYS, token_stats
 
     if by not in BY_KEYS:
         raise typer.BadParameter(f"{by!r} is not one of {', '.join(BY_KEYS)}", param_hint="--by")

@@ -26,6 +26,7 @@ from clap_data.lerobot_v3.manifest import Manifest
 from clap_data.lerobot_v3.stats import StatsAggregator, feature_stats
 from clap_data.schemas import (
     CLAP_META_PATH,
+    QUARANTINE_SCHEMA,
     SCHEMA_NAME,
     SCHEMA_VERSION,
     camera_feature_key,
@@ -34,9 +35,6 @@ from clap_data.schemas import (
     video_feature,
 )
 
-QUARANTINE_SCHEMA = pa.schema(
-    [("source_episode", pa.string()), ("category", pa.string()), ("file", pa.string()), ("reason", pa.string())]
-)
 _META_BATCH = 100  # divides layout.EPISODES_PER_META_FILE; bounds the rows of stats held in memory
 _STATS_FEATURES = ("observation.state", "action", "arm_mask", "timestamp", "frame_index", "episode_index", "index", "task_index")
 

@@ -90,7 +90,7 @@ def decoded_chunks(con: duckdb.DuckDBPyConnection, datasets: list[DatasetFacts],
     picks = sorted(
         (h, position, episode, frame)
         for position, facts in enumerate(eligible)
-        for h, episode, frame in sample_frames(con, facts.metadata, n)
+        for h, episode, frame in sample_frames(con, facts.name, n)
     )[:n]
     chunks = []
     for _, position, episode, frame in sorted(picks, key=lambda p: p[1:]):

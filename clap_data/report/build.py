@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +18,11 @@ import numpy as np
 from clap_data import __version__
 from clap_data.actions import HUMAN
 from clap_data.atomic import write_bytes_atomic
+from clap_data.corpus import Corpus, open_corpus
 from clap_data.errors import ClapDataError
-from clap_data.lerobot_v3.metadata import DatasetMetadata
-from clap_data.locking import dataset_lock
 from clap_data.report import figures
 from clap_data.report.html import Block, Heading, Image, Note, Paragraph, Section, Table, count_images, render_page
-from clap_data.report.queries import QUARANTINE_ROWS_SHOWN, DatasetFacts, connect, dataset_facts
+from clap_data.report.queries import QUARANTINE_ROWS_SHOWN, DatasetFacts, dataset_facts
 from clap_data.schemas import ACTION_TOKENS, ARM_MASK_NAMES, PSEUDO_TOKENS
 
 TASK_ROWS_SHOWN = 50
@@ -168,7 +166,7 @@ def _human_vs_robot(datasets: list[DatasetFacts]) -> Section:
     return section
 
 
-def _act_vae_section(con, datasets: list[DatasetFacts], act_vae: Path | None, samples: int,  # noqa: ANN001
+def _act_vae_section(corpus: Corpus, datasets: list[DatasetFacts], act_vae: Path | None, samples: int,
                      progress: Callable[[str], None]) -> Section:
     from clap_data.act_vae.checkpoint import load_act_vae  # torch only when a checkpoint is given
     from clap_data.report.act_vae_views import codebook_projection, decodable, decoded_chunks
@@ -207,7 +205,7 @@ def _act_vae_section(con, datasets: list[DatasetFacts], act_vae: Path | None, sa
         section.blocks.append(Note("No robot dataset has action_tokens of this checkpoint: no chunk to decode."))
         return section
     progress(f"decoding {samples} sampled chunks")
-    chunks = decoded_chunks(con, datasets, model, sha, samples)
+    chunks = decoded_chunks(corpus.connection, datasets, model, sha, samples)
     titles = [f"{ch.dataset} ep {ch.episode} t {ch.frame}" for ch in chunks]
     section.blocks.append(Image(
         figures.decoded_chunks([ch.truth for ch in chunks], [ch.decoded for ch in chunks], titles,
@@ -234,18 +232,14 @@ def build_report(
         raise ClapDataError(f"{out} is a folder; --out names the HTML file to write, e.g. {out / 'report.html'}")
     if samples < 0:
         raise ClapDataError(f"--samples must be 0 or more, got {samples}")
-    metadata = [DatasetMetadata.load(Path(root)) for root in roots]
-    con = connect()
-    with ExitStack() as locks:
-        for meta in metadata:
-            locks.enter_context(dataset_lock(meta.root, exclusive=False, purpose="report"))
+    with open_corpus([Path(root) for root in roots], purpose="report") as corpus:  # holds every shared lock
         datasets = []
-        for meta in metadata:
-            progress(f"reading {meta.root}")
-            datasets.append(dataset_facts(con, meta))
+        for dataset in corpus.datasets:
+            progress(f"reading {dataset.meta.root}")
+            datasets.append(dataset_facts(corpus, dataset))
         progress("drawing the figures")
         sections = [_overview(datasets), *(_dataset_section(i, f) for i, f in enumerate(datasets)),
-                    _human_vs_robot(datasets), _act_vae_section(con, datasets, act_vae, samples, progress)]
+                    _human_vs_robot(datasets), _act_vae_section(corpus, datasets, act_vae, samples, progress)]
     notes = [b.text for s in sections for b in s.blocks if isinstance(b, Note)]
     subtitle = [
         f"{len(datasets)} dataset(s): {', '.join(f.metadata.root.name for f in datasets)}",

@@ -1,10 +1,11 @@
-"""The report's numbers, computed by DuckDB straight from a dataset's parquet files.
+"""The report's numbers, read through the corpus views (:mod:`clap_data.corpus`) and the token statistics
+(:mod:`clap_data.stats`).
 
-Every query streams: DuckDB scans the data files column by column and keeps only aggregates (at most
-``2·Nq × K`` groups for code usage, one group per task or episode otherwise), so memory stays bounded
-however many frames a dataset holds. Only the episode lengths (one integer per episode) and a capped
-number of quarantine rows come back to Python whole. File paths travel as query parameters, never
-spliced into SQL text, so any folder name is safe.
+Each query filters the views on one ``dataset`` (DuckDB then reads only that dataset's files) and streams:
+only aggregates stay in memory (one group per task, the ``2·Nq × K`` code counts of
+:func:`clap_data.stats.slot_usage`), so memory stays bounded however many frames a dataset holds. Only the
+episode lengths (one integer per episode) and a capped number of quarantine rows come back to Python whole.
+Dataset names travel as query parameters, never spliced into SQL text.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import duckdb
 import numpy as np
 from numpy.typing import NDArray
 
+from clap_data.corpus import Corpus, CorpusDataset, first_sentence, sql_identifier
 from clap_data.errors import ClapDataError
-from clap_data.lerobot_v3 import layout
 from clap_data.lerobot_v3.metadata import DatasetMetadata
-from clap_data.schemas import ACTION_TOKENS, ARM_MASK_COLUMN, PADDED_COLUMN_OF
+from clap_data.schemas import ACTION_TOKENS, PADDED_COLUMN_OF
+from clap_data.stats import slot_usage
 
 QUARANTINE_ROWS_SHOWN = 500  # the page lists this many; quarantine.parquet keeps them all
 
@@ -57,6 +59,7 @@ class QuarantineRows:
 class DatasetFacts:
     """Everything the report shows about one dataset that needs no model."""
 
+    name: str  # the name its rows carry in the corpus views
     metadata: DatasetMetadata
     frames: int  # rows of the data files (not info.json's claim)
     episode_lengths: NDArray[np.int64]  # in episode order
@@ -65,60 +68,43 @@ class DatasetFacts:
     usage: dict[str, TokenUsage]  # token column → usage, for the columns present
 
 
-def connect() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB that may reorder rows: aggregates need no order, and streaming scans need less memory."""
-    return duckdb.connect(":memory:", config={"preserve_insertion_order": False})
+def frame_count(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
+    """Rows of the dataset's data files."""
+    return int(con.execute("SELECT count(*) FROM frames WHERE dataset = $d", {"d": dataset}).fetchone()[0])
 
 
-def _data_files(metadata: DatasetMetadata) -> list[str]:
-    files = [str(metadata.root / name) for name in metadata.data_files()]
-    if not files:
-        raise ClapDataError(f"{metadata.root} has no data files (data/chunk-*/file-*.parquet)")
-    return files
-
-
-def _episode_files(metadata: DatasetMetadata) -> str:
-    return str(metadata.root / "meta" / "episodes" / "*" / "*.parquet")
-
-
-def frame_count(con: duckdb.DuckDBPyConnection, metadata: DatasetMetadata) -> int:
-    """Rows of the data files (DuckDB answers from the parquet footers)."""
-    return int(con.execute("SELECT count(*) FROM read_parquet($files)", {"files": _data_files(metadata)}).fetchone()[0])
-
-
-def episode_lengths(con: duckdb.DuckDBPyConnection, metadata: DatasetMetadata) -> NDArray[np.int64]:
+def episode_lengths(con: duckdb.DuckDBPyConnection, dataset: str) -> NDArray[np.int64]:
     """Each episode's ``length`` from the episodes metadata, in episode order."""
     rows = con.execute(
-        "SELECT length FROM read_parquet($files) ORDER BY episode_index", {"files": _episode_files(metadata)}
+        "SELECT length FROM episodes WHERE dataset = $d ORDER BY episode_index", {"d": dataset}
     ).fetchnumpy()
     return np.asarray(rows["length"], dtype=np.int64)
 
 
-def task_counts(con: duckdb.DuckDBPyConnection, metadata: DatasetMetadata) -> list[TaskCount]:
+def task_counts(con: duckdb.DuckDBPyConnection, dataset: str) -> list[TaskCount]:
     """Per task of ``meta/tasks.parquet``: the episodes and frames that carry it, counted on the frames'
     ``task_index`` (exact even when an episode holds several tasks); tasks no frame uses count zero."""
     rows = con.execute(
         """
-        SELECT t.task_index, t.task, count(DISTINCT d.episode_index), count(d.task_index)
-        FROM read_parquet($tasks) AS t LEFT JOIN read_parquet($files) AS d USING (task_index)
+        SELECT t.task_index, t.task, count(DISTINCT f.episode_index), count(f.task_index)
+        FROM (SELECT * FROM tasks WHERE dataset = $d) AS t
+        LEFT JOIN (SELECT task_index, episode_index FROM frames WHERE dataset = $d) AS f USING (task_index)
         GROUP BY t.task_index, t.task ORDER BY 4 DESC, 1
         """,
-        {"tasks": str(metadata.root / layout.TASKS_PATH), "files": _data_files(metadata)},
+        {"d": dataset},
     ).fetchall()
     return [TaskCount(int(i), str(task), int(episodes), int(frames)) for i, task, episodes, frames in rows]
 
 
-def quarantine_rows(con: duckdb.DuckDBPyConnection, metadata: DatasetMetadata) -> QuarantineRows:
+def quarantine_rows(con: duckdb.DuckDBPyConnection, dataset: str) -> QuarantineRows:
     """The quarantined episodes (``quarantine.parquet`` beside ``meta/``); none when the file is absent."""
-    path = metadata.root / layout.QUARANTINE_PATH
-    if not path.is_file():
-        return QuarantineRows(0, [], [])
-    source = {"file": str(path)}
+    source = {"d": dataset}
     categories = con.execute(
-        "SELECT category, count(*) FROM read_parquet($file) GROUP BY 1 ORDER BY 2 DESC, 1", source
+        "SELECT category, count(*) FROM quarantine WHERE dataset = $d GROUP BY 1 ORDER BY 2 DESC, 1", source
     ).fetchall()
     rows = con.execute(
-        f"SELECT source_episode, category, file, reason FROM read_parquet($file) LIMIT {QUARANTINE_ROWS_SHOWN}", source
+        "SELECT source_episode, category, file, reason FROM quarantine WHERE dataset = $d "
+        f"LIMIT {QUARANTINE_ROWS_SHOWN}", source
     ).fetchall()
     total = sum(n for _, n in categories)
     return QuarantineRows(total, [(str(c), int(n)) for c, n in categories], [tuple(map(str, row)) for row in rows])
@@ -129,57 +115,42 @@ def _codebook_sha256(column: str, identity: dict) -> str:
     return str(identity.get("checkpoint_sha256" if column == ACTION_TOKENS else "act_vae_sha256", ""))
 
 
-def token_usage(con: duckdb.DuckDBPyConnection, metadata: DatasetMetadata, column: str) -> TokenUsage:
-    """Counts ``[2·Nq, K]`` of each code in each slot of ``column``; a slot counts at a frame only if its
-    arm is active there (``arm_mask``), so a single-arm robot's empty slot does not swamp the histogram."""
-    identity = metadata.token_identity(column)
-    if identity is None:
-        raise ClapDataError(f"{metadata.root} has no {column} column")
-    nq, k = int(identity["num_queries"]), int(identity["codebook_size"])
-    rows = con.execute(
-        f"""
-        SELECT slot, code, count(*) FROM (
-            SELECT unnest(range({2 * nq})) AS slot, unnest("{column}"::SMALLINT[]) AS code,
-                   "{ARM_MASK_COLUMN}"::FLOAT[] AS mask
-            FROM read_parquet($files)
-        ) WHERE mask[slot // {nq} + 1] != 0 GROUP BY 1, 2
-        """,
-        {"files": _data_files(metadata)},
-    ).fetchall()
-    counts = np.zeros((2 * nq, k), dtype=np.int64)
-    for slot, code, n in rows:
-        if not 0 <= code < k:
-            raise ClapDataError(f"{metadata.root}: {column} holds code {code}, outside its codebook of K = {k}")
-        counts[slot, code] = n
-    return TokenUsage(column, nq, k, _codebook_sha256(column, identity), counts)
+def token_usage(corpus: Corpus, dataset: CorpusDataset, column: str) -> TokenUsage:
+    """Counts ``[2·Nq, K]`` of each code in each slot of ``column`` (:func:`clap_data.stats.slot_usage`, every
+    frame, padded chunks too); a slot counts at a frame only if its arm is active there (``arm_mask``), so a
+    single-arm robot's empty slot does not swamp the histogram."""
+    counts = np.asarray(slot_usage(corpus, column, dataset=dataset.name), dtype=np.int64)
+    identity = dataset.meta.token_identity(column) or {}
+    return TokenUsage(column, counts.shape[0] // 2, counts.shape[1], _codebook_sha256(column, identity), counts)
 
 
-def sample_frames(con: duckdb.DuckDBPyConnection, metadata: DatasetMetadata, n: int) -> list[tuple[int, int, int]]:
+def sample_frames(con: duckdb.DuckDBPyConnection, dataset: str, n: int) -> list[tuple[int, int, int]]:
     """Up to ``n`` frames whose action chunk is not padded, as ``(hash, episode, frame)``: the frames with the
     smallest hash of their global index, a fixed pseudo-random pick that a streaming top-n finds, and that
     several datasets' picks merge into one by taking the smallest hashes again."""
-    padded = PADDED_COLUMN_OF[ACTION_TOKENS]
+    padded = sql_identifier(PADDED_COLUMN_OF[ACTION_TOKENS])
     rows = con.execute(
         f"""
-        SELECT hash("index", 'clap-report') AS h, episode_index, frame_index FROM read_parquet($files)
-        WHERE NOT "{padded}" ORDER BY h LIMIT {int(n)}
+        SELECT hash("index", 'clap-report') AS h, episode_index, frame_index FROM frames
+        WHERE dataset = $d AND NOT {padded} ORDER BY h LIMIT {int(n)}
         """,
-        {"files": _data_files(metadata)},
+        {"d": dataset},
     ).fetchall()
     return [(int(h), int(e), int(f)) for h, e, f in rows]
 
 
-def dataset_facts(con: duckdb.DuckDBPyConnection, metadata: DatasetMetadata) -> DatasetFacts:
+def dataset_facts(corpus: Corpus, dataset: CorpusDataset) -> DatasetFacts:
     """Every number of one dataset's section; a file DuckDB cannot read is refused in one sentence."""
+    con, name = corpus.connection, dataset.name
     try:
         return DatasetFacts(
-            metadata=metadata,
-            frames=frame_count(con, metadata),
-            episode_lengths=episode_lengths(con, metadata),
-            tasks=task_counts(con, metadata),
-            quarantine=quarantine_rows(con, metadata),
-            usage={column: token_usage(con, metadata, column) for column in metadata.token_columns},
+            name=name,
+            metadata=dataset.meta,
+            frames=frame_count(con, name),
+            episode_lengths=episode_lengths(con, name),
+            tasks=task_counts(con, name),
+            quarantine=quarantine_rows(con, name),
+            usage={column: token_usage(corpus, dataset, column) for column in dataset.meta.token_columns},
         )
     except duckdb.Error as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ClapDataError(f"{metadata.root} cannot be read for the report ({first_line})") from None
+        raise ClapDataError(f"{dataset.meta.root} cannot be read for the report ({first_sentence(exc)})") from None
