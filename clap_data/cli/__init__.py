@@ -8,6 +8,7 @@ from clap_data.cli import act_vae_commands  # noqa: F401  (registers train, toke
 from clap_data.cli import vd_vae_commands  # noqa: F401  (registers train vd-vae on the train verb)
 from clap_data.cli import pseudolabel_commands  # noqa: F401  (registers pseudolabel vd-vae)
 from clap_data.cli import stats_commands  # noqa: F401  (registers sql and stats)
+from clap_data.cli import export_commands  # noqa: F401  (registers export)
 from clap_data.cli import report_commands  # noqa: F401  (registers report)
 from clap_data.cli import hub_commands  # noqa: F401  (registers publish)
 from clap_data.cli.common import app
