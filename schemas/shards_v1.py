@@ -24,7 +24,7 @@ SHARD_MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-{index:05d}.parquet"
 CHUNK_STEPS = 32
 ACTION_DIM = 14
-NUM_TOKENS = 16  # 2 arms × Nq = 8
+NUM_TOKENS = 16  # 2 arms × Nq = 8 with the release Act-VAE; an export of another Act-VAE has 2·Nq
 
 # provenance
 SAMPLE_ID = "sample_id"  # "<dataset id>/<source episode id>/<frame>": stable across re-exports
@@ -40,8 +40,8 @@ SUBTASK = "subtask"
 IMAGE_PREFIX = "image."
 CAMERAS_IN_PROMPT_ORDER = ("head", "wrist_right", "wrist_left")  # METHOD.md §5
 # tokens
-TOKENS = "tokens"  # int16[16], storage order
-TOKENS_TEXT = "tokens_text"  # "<ACT_i>"×16, right arm first
+TOKENS = "tokens"  # int16[2·Nq] (16 with the release Act-VAE), storage order
+TOKENS_TEXT = "tokens_text"  # "<ACT_i>"×2·Nq, right arm first
 TOKEN_SOURCE = "token_source"  # "action_tokens" or "pseudo_tokens"
 PADDED = "padded"  # the chunk (or t + gap) ran past the episode's end
 # continuous targets
@@ -54,8 +54,9 @@ def image_column(camera: str) -> str:
     return IMAGE_PREFIX + camera
 
 
-def shard_arrow_schema(cameras: tuple[str, ...] = CAMERAS_IN_PROMPT_ORDER) -> pa.Schema:
-    """The Arrow schema of a shard; every shard of an export has the same one (cameras included)."""
+def shard_arrow_schema(cameras: tuple[str, ...] = CAMERAS_IN_PROMPT_ORDER, num_tokens: int = NUM_TOKENS) -> pa.Schema:
+    """The Arrow schema of a shard; every shard of an export has the same one (cameras and ``num_tokens`` = 2·Nq
+    of the export's Act-VAE included)."""
     return pa.schema([
         (SAMPLE_ID, pa.string()),
         (DATASET, pa.string()),
@@ -66,7 +67,7 @@ def shard_arrow_schema(cameras: tuple[str, ...] = CAMERAS_IN_PROMPT_ORDER) -> pa
         (INSTRUCTION, pa.string()),
         (SUBTASK, pa.string()),
         *((image_column(camera), pa.binary()) for camera in cameras),
-        (TOKENS, pa.list_(pa.int16(), NUM_TOKENS)),
+        (TOKENS, pa.list_(pa.int16(), num_tokens)),
         (TOKENS_TEXT, pa.string()),
         (TOKEN_SOURCE, pa.string()),
         (PADDED, pa.bool_()),

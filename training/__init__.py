@@ -1,2 +1,20 @@
-"""Policy training on exported shards (CLAP-NTP, CLAP-RF + Knowledge Matching), installed as
-``clap_data.training``. Nothing is implemented here yet: see the README's roadmap."""
+"""Policy training on exported shards (CLAP-NTP; CLAP-RF + Knowledge Matching next), installed as
+``clap_data.training``.
+
+``NTPPolicy`` (:mod:`clap_data.training.ntp_policy`) is exported lazily, so that importing the shard loader or
+the data helpers does not import ``transformers``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["NTPPolicy"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NTPPolicy":
+        from clap_data.training.ntp_policy import NTPPolicy
+
+        return NTPPolicy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

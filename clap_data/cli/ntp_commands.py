@@ -1,0 +1,137 @@
+"""CLAP-NTP commands: ``train ntp`` and ``eval ntp`` (on the verbs the Act-VAE commands made)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from clap_data.cli.act_vae_commands import DeviceOption, eval_app, train_app
+from clap_data.cli.common import stderr, stdout, user_errors
+
+_MODEL_HELP = "The vision-language model to start from: a transformers folder or hub id (Qwen2.5-VL, Qwen3-VL, …)."
+_TRAIN_DEVICE_HELP = "auto (GPU workers when the Ray cluster has a GPU for each), cpu or cuda."
+
+
+def _model_source(model: str) -> str:
+    """A local folder as an absolute path (the run's identity must not depend on the working directory)."""
+    return str(Path(model).absolute()) if Path(model).exists() else model
+
+
+def _progress_line(m: dict[str, Any]) -> str:
+    return (f"step {m['step']}/{m['steps']}  loss {m['loss']:.6f}  action-token accuracy {m['token_accuracy']:.1%}  "
+            f"{m['samples_per_second']:.1f} samples/s  lr {m['learning_rate']:.2e}")
+
+
+@train_app.command("ntp", no_args_is_help=True)
+@user_errors
+def train_ntp(
+    shards: Annotated[Path, typer.Option(help="The shard folder (clap-data export).")],
+    model: Annotated[str, typer.Option(help=_MODEL_HELP)],
+    out: Annotated[Path, typer.Option(help="Checkpoint folder (save_pretrained + training state); rerunning resumes.")],
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps in total (more continue a finished run).")] = 1000,
+    lr: Annotated[float, typer.Option(min=0.0, help="AdamW peak learning rate (the paper: 5e-5).")] = 5e-5,
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Linear warmup steps, then a constant rate.")] = 100,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per step and worker.")] = 8,
+    num_workers: Annotated[int, typer.Option(min=1, help="Ray Train workers (DDP ranks).")] = 1,
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local Ray.")] = None,
+    device: Annotated[str, typer.Option(help=_TRAIN_DEVICE_HELP)] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the sample order, the wrist drops and the new embeddings.")] = 0,
+    wrist_drop: Annotated[float, typer.Option(min=0.0, max=1.0, help="Chance of leaving both wrist images out.")] = 0.5,
+    save_every: Annotated[int, typer.Option(min=1, help="Save (and make resumable) every N steps.")] = 500,
+    log_every: Annotated[int, typer.Option(min=1, help="Print progress every N steps.")] = 10,
+    overwrite: Annotated[bool, typer.Option(help="Discard a checkpoint at --out and start afresh.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Train CLAP-NTP (METHOD.md §5) on exported shards with Ray Train (DDP), resumably."""
+    from clap_data.training.ntp_train import NTPTrainSettings
+    from clap_data.training.ray_launcher import train_ntp as run_training
+
+    settings = NTPTrainSettings(
+        shards=str(shards.absolute()), model=_model_source(model), out=str(out.absolute()), steps=steps,
+        batch_size=batch_size, learning_rate=lr, warmup_steps=warmup_steps, wrist_drop=wrist_drop, seed=seed,
+        save_every=save_every, log_every=log_every,
+    )
+    stderr.print(f"train ntp: starting {num_workers} Ray Train worker(s) …", highlight=False)
+    report = run_training(settings, num_workers=num_workers, address=address, device=device, overwrite=overwrite,
+                          on_progress=lambda m: stderr.print(_progress_line(m), highlight=False))
+    if as_json:
+        print(json.dumps({**report.__dict__, "ckpt": str(report.ckpt)}))
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    if report.already_complete:
+        table.add_row("train", f"{report.ckpt} is already trained to {report.steps} steps; nothing to do "
+                               "(ask for more --steps to continue)")
+    else:
+        resumed = f", resumed from step {report.resumed_from}" if report.resumed_from else ""
+        table.add_row("train", f"{report.steps} steps on {report.num_workers} worker(s) ({report.device}) in "
+                               f"{report.seconds:.1f} s{resumed}")
+    table.add_row("samples", f"{report.train_samples:,} training samples in {shards}; "
+                             f"{batch_size * num_workers} per step")
+    if report.last:
+        table.add_row("last", _progress_line(report.last))
+    table.add_row("act-vae", f"sha256 {report.act_vae_sha256[:16]}…; statistics "
+                             f"{', '.join(report.stats_ids.values()) or 'none'}")
+    table.add_row("checkpoint", f"{report.ckpt} (save_pretrained: load it with clap_data.training.NTPPolicy)")
+    stdout.print(table)
+
+
+def _rate(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def _mse(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3e}"
+
+
+@eval_app.command("ntp", no_args_is_help=True)
+@user_errors
+def eval_ntp(
+    ckpt: Annotated[Path, typer.Option(help="The CLAP-NTP checkpoint folder (clap-data train ntp).")],
+    shards: Annotated[Path, typer.Option(help="The shard folder (clap-data export).")],
+    split: Annotated[str, typer.Option(help="heldout or train.")] = "heldout",
+    act_vae: Annotated[Path | None, typer.Option(help="The Act-VAE folder, if not the recorded one.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts generated together.")] = 8,
+    device: DeviceOption = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report (with every prediction) as JSON.")] = False,
+) -> None:
+    """Token accuracy per slot and action MSE per DOF of greedy answers, against the most-frequent-token baseline."""
+    from clap_data.schemas.shards_v1 import HELDOUT_SPLIT, TRAIN_SPLIT
+    from clap_data.training.ntp_eval import evaluate_ntp
+
+    if split not in (HELDOUT_SPLIT, TRAIN_SPLIT):
+        raise typer.BadParameter(f"{split!r} is not {HELDOUT_SPLIT} or {TRAIN_SPLIT}", param_hint="--split")
+    started = time.perf_counter()
+    report = evaluate_ntp(ckpt, shards, split, batch_size=batch_size, device=device, act_vae=act_vae)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+        return
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column(overflow="fold")
+    head.add_row("samples", f"{report.samples:,} of {shards}/{split} ({report.robot_samples:,} robot), "
+                            f"{report.malformed:,} malformed answers, {time.perf_counter() - started:.1f} s")
+    head.add_row("baseline", "the most frequent training token of each slot: "
+                             f"{', '.join(map(str, report.baseline_tokens))}")
+    stdout.print(head)
+    scores = Table(show_edge=False, padding=(0, 1))
+    for column in ("", "policy", "baseline"):
+        scores.add_column(column, justify="right" if column else "left")
+    scores.add_row("token accuracy", _rate(report.token_accuracy), _rate(report.baseline_token_accuracy))
+    for slot, mine, base in zip(report.slots, report.per_slot_accuracy, report.baseline_per_slot_accuracy, strict=True):
+        scores.add_row(f"  {slot}", _rate(mine), _rate(base))
+    scores.add_row(f"action MSE ({report.scored_chunks:,} chunks)", _mse(report.mse_mean),
+                   _mse(report.baseline_mse_mean))
+    for dof, mine in report.mse_per_dof.items():
+        scores.add_row(f"  {dof}", _mse(mine), _mse(report.baseline_mse_per_dof[dof]))
+    stdout.print(scores)
+    better = report.mse_mean is not None and report.baseline_mse_mean is not None \
+        and report.mse_mean < report.baseline_mse_mean and report.token_accuracy > report.baseline_token_accuracy
+    stdout.print(f"the policy {'beats' if better else 'does not beat'} the most-frequent-token baseline "
+                 "(token accuracy and action MSE)", highlight=False)
