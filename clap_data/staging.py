@@ -127,3 +127,20 @@ class StagingArea:
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+
+
+def check_output_folder(out: Path, overwrite: bool, is_ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse an ``--out`` that would be lost: a file, a folder some other program wrote, or an earlier output of
+    ours without ``--overwrite``; an empty folder is removed, so the finished output can be renamed into place.
+    ``what`` names the kind of output (``"dataset"``, ``"shard folder"``)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ClapDataError(f"--out {out} exists and is not a directory")
+    if not any(out.iterdir()):
+        out.rmdir()
+        return
+    if not is_ours(out):
+        raise ClapDataError(f"--out {out} exists and is not a clap-data {what}; choose an empty or new folder")
+    if not overwrite:
+        raise ClapDataError(f"--out {out} already holds a {what}; add --overwrite to replace it")

@@ -81,7 +81,7 @@ from clap_data.schemas import (
 from clap_data.schemas import shards_v1 as shards
 from clap_data.sources.lerobot_layout import LeRobotLayout
 from clap_data.splits import Holdout, episode_keys
-from clap_data.staging import StagingArea
+from clap_data.staging import StagingArea, check_output_folder
 from clap_data.vd_vae.frame_pairs import EpisodeVideo, episode_videos, iter_episode_frames
 
 JPEG_QUALITY = 90
@@ -713,20 +713,6 @@ def is_shard_folder(path: Path) -> bool:
         return False
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ClapDataError(f"--out {out} exists and is not a directory")
-    if not any(out.iterdir()):
-        out.rmdir()
-        return
-    if not is_shard_folder(out):
-        raise ClapDataError(f"--out {out} exists and is not a clap-data shard folder; choose an empty or new folder")
-    if not overwrite:
-        raise ClapDataError(f"--out {out} already holds shards; add --overwrite to replace them")
-
-
 def _run_options(sources: list[_Source], request: ExportRequest) -> dict[str, Any]:
     """Everything the output depends on; a rerun resumes only work done with the very same."""
     options = {
@@ -786,7 +772,7 @@ def _export_locked(
     finished = _finish_interrupted_publish(staging, options)
     if finished is not None:
         return finished
-    _check_output(staging.out, request.overwrite)
+    check_output_folder(staging.out, request.overwrite, is_shard_folder, "shard folder")
     staging.prepare(options, discard_mismatch=request.overwrite)
     for split in _SPLITS:
         remove_temp_leftovers(staging.dataset_dir / split)

@@ -28,7 +28,7 @@ from clap_data.ray_runtime import ray_session
 from clap_data.schemas import CLAP_META_PATH
 from clap_data.sources.base import EpisodeRef, Source
 from clap_data.splits import source_dataset_id
-from clap_data.staging import StagingArea
+from clap_data.staging import StagingArea, check_output_folder
 
 _BLOCKS_PER_WORKER = 16  # enough to balance uneven episodes; few enough to keep scheduling cheap
 _PUBLISHING = "publishing.json"
@@ -69,20 +69,6 @@ class IngestReport:
 
 def _is_clap_dataset(path: Path) -> bool:
     return (path / CLAP_META_PATH).is_file()
-
-
-def _check_output(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ClapDataError(f"--out {out} exists and is not a directory")
-    if not any(out.iterdir()):
-        out.rmdir()
-        return
-    if not _is_clap_dataset(out):
-        raise ClapDataError(f"--out {out} exists and is not a clap-data dataset; choose an empty or new folder")
-    if not overwrite:
-        raise ClapDataError(f"--out {out} already holds a dataset; add --overwrite to replace it")
 
 
 class _EpisodeConverter:
@@ -186,7 +172,7 @@ def _ingest_locked(source: Source, request: IngestRequest, staging: StagingArea,
     if finished is not None:
         finished.already_complete = True
         return finished
-    _check_output(out, request.overwrite)
+    check_output_folder(out, request.overwrite, _is_clap_dataset, "dataset")
     staging.prepare(run_options, discard_mismatch=request.overwrite)
     refs = source.list_episodes()
     if not refs:

@@ -212,7 +212,7 @@ def test_two_exports_give_the_same_bytes_and_another_seed_another_order(exported
     export([tokenized_corpus.robot, tokenized_corpus.human], ExportRequest(out=reseeded, **{**OPTIONS, "seed": 1}))
     first, second = ([r[S.SAMPLE_ID] for r in shard_rows(path, S.TRAIN_SPLIT)] for path in (exported, reseeded))
     assert sorted(first) == sorted(second) and first != second
-    with pytest.raises(ClapDataError, match="already holds shards; add --overwrite"):
+    with pytest.raises(ClapDataError, match="already holds a shard folder; add --overwrite"):
         export([tokenized_corpus.robot], ExportRequest(out=again, **{**OPTIONS, "mix": {}}))
     export([tokenized_corpus.robot], ExportRequest(out=again, overwrite=True, **{**OPTIONS, "mix": {}}))
     assert json.loads((again / S.SHARD_MANIFEST).read_text())["splits"][S.TRAIN_SPLIT]["datasets"].keys() == {
