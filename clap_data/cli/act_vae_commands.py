@@ -17,16 +17,16 @@ from clap_data.errors import ClapDataError
 
 
 def _verb(name: str, help_text: str) -> typer.Typer:
-    """A verb whose sub-command names the tokenizer (``train act-vae``, later ``train vd-vae``)."""
+    """A verb whose sub-command names the model (``train act-vae``, ``train vd-vae``, ``train ntp``)."""
     group = typer.Typer(no_args_is_help=True, help=help_text)
     app.add_typer(group, name=name)
     return group
 
 
-train_app = _verb("train", "Train a tokenizer.")
+train_app = _verb("train", "Train a tokenizer (act-vae, vd-vae) or a policy (ntp).")
 import_app = _verb("import", "Bring released weights in as a checkpoint folder.")
 tokenize_app = _verb("tokenize", "Add token columns to datasets.")
-eval_app = _verb("eval", "Evaluate a tokenizer on held-out data.")
+eval_app = _verb("eval", "Evaluate a tokenizer or a policy on held-out data.")
 sweep_app = _verb("sweep", "Rate–distortion sweeps (the paper's Table V).")
 
 StatsOption = Annotated[str, typer.Option(help="Normalisation statistics: openclap (the released table) or dataset (clap-data normstats).")]
