@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from clap_data.cli.common import app, stderr, stdout, user_errors
+from clap_data.cli.common import app, stderr, stdout, training_run_line, user_errors
 from clap_data.errors import ClapDataError
 
 
@@ -117,11 +117,7 @@ def train_act_vae(
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    if report.already_complete:
-        table.add_row("train", f"{report.ckpt} is already trained to {report.steps} steps; nothing to do (ask for more --steps to continue)")
-    else:
-        resumed = f", resumed from step {report.resumed_from}" if report.resumed_from else ""
-        table.add_row("train", f"{report.steps} steps on {report.device} in {report.seconds:.1f} s{resumed}")
+    table.add_row("train", training_run_line(report, str(report.device)))
     if init is not None:
         table.add_row("init", f"fine-tuned from {init}")
     table.add_row("chunks", f"{report.train_chunks:,} one-arm training chunks")

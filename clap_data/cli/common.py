@@ -83,3 +83,12 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def training_run_line(report: Any, on: str) -> str:
+    """The summary's ``train`` line every trainer's command prints (``report``: a train report with ``ckpt``,
+    ``steps``, ``seconds``, ``already_complete`` and ``resumed_from``; ``on``: where it ran)."""
+    if report.already_complete:
+        return (f"{report.ckpt} is already trained to {report.steps} steps; nothing to do "
+                "(ask for more --steps to continue)")
+    resumed = f", resumed from step {report.resumed_from}" if report.resumed_from else ""
+    return f"{report.steps} steps on {on} in {report.seconds:.1f} s{resumed}"
+

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from clap_data.cli.act_vae_commands import DeviceOption, eval_app, train_app
-from clap_data.cli.common import stderr, stdout, user_errors
+from clap_data.cli.common import stderr, stdout, training_run_line, user_errors
 
 _MODEL_HELP = "The vision-language model to start from: a transformers folder or hub id (Qwen2.5-VL, Qwen3-VL, …)."
 _TRAIN_DEVICE_HELP = "auto (GPU workers when the Ray cluster has a GPU for each), cpu or cuda."
@@ -65,13 +65,7 @@ def train_ntp(
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    if report.already_complete:
-        table.add_row("train", f"{report.ckpt} is already trained to {report.steps} steps; nothing to do "
-                               "(ask for more --steps to continue)")
-    else:
-        resumed = f", resumed from step {report.resumed_from}" if report.resumed_from else ""
-        table.add_row("train", f"{report.steps} steps on {report.num_workers} worker(s) ({report.device}) in "
-                               f"{report.seconds:.1f} s{resumed}")
+    table.add_row("train", training_run_line(report, f"{report.num_workers} worker(s) ({report.device})"))
     table.add_row("samples", f"{report.train_samples:,} training samples in {shards}; "
                              f"{batch_size * num_workers} per step")
     if report.last:

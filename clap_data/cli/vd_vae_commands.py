@@ -18,7 +18,7 @@ from clap_data.cli.act_vae_commands import (
     eval_app,
     train_app,
 )
-from clap_data.cli.common import stderr, stdout, user_errors
+from clap_data.cli.common import stderr, stdout, training_run_line, user_errors
 
 _CAMERA_HELP = "Camera to pair: CAM for every dataset, or DATASET=CAM for one (repeat or comma-separate)."
 _AUGMENT_HELP = ("Augment pixels before the backbone each batch (the paper's setup; spools each frame's pixels). "
@@ -84,12 +84,7 @@ def train_vd_vae(
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    if report.already_complete:
-        table.add_row("train", f"{report.ckpt} is already trained to {report.steps} steps; nothing to do "
-                               "(ask for more --steps to continue)")
-    else:
-        resumed = f", resumed from step {report.resumed_from}" if report.resumed_from else ""
-        table.add_row("train", f"{report.steps} steps on {report.device} in {report.seconds:.1f} s{resumed}")
+    table.add_row("train", training_run_line(report, str(report.device)))
     camera_of = {str(path.resolve()): name for path, name in cameras.items()}
     for dataset, count in report.train_pairs.items():
         table.add_row("pairs", f"{count:,} training frame pairs of {dataset} (camera {camera_of[dataset]})")
