@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SHARED_FIXTURE := ../shared/fixtures/astribot_s1_dummy
 DEMO_DIR := demo-output
+DEMO_NTP_STEPS := 100
 
 # The first Python 3.12 found: on PATH, then pyenv's, then the usual prefixes.
 PYTHON312 ?= $(shell for c in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
@@ -28,8 +29,10 @@ $(STAMP): pyproject.toml
 # It is verified against its manifest (every frame decoded). Then a short Act-VAE run on it (small
 # preset; ~2 min on 2 cores): train, tokenize, evaluate on
 # the held-out end of the episode, decode one frame's tokens back to an executable chunk. Last, a short
-# VD-VAE run with a tiny random backbone (said so on screen): train, pseudo-label, verify. Last, the token
-# statistics and the HTML report of what it built.
+# VD-VAE run with a tiny random backbone (said so on screen): train, pseudo-label, verify. Then the token
+# statistics and the HTML report of what it built. Last, CLAP-NTP with a tiny random VLM (said so on screen):
+# export training shards (the tail of every episode held out), a few training steps, and one prediction on a
+# held-out sample printed as a chunk beside its ground truth.
 demo: $(STAMP)
 	@mkdir -p $(DEMO_DIR)
 	@if [ -d $(SHARED_FIXTURE) ]; then src=$(SHARED_FIXTURE); \
@@ -54,7 +57,15 @@ demo: $(STAMP)
 	$(VENV)/bin/clap-data verify $(DEMO_DIR)/astribot_v3 && \
 	$(VENV)/bin/clap-data stats $(DEMO_DIR)/astribot_v3 && \
 	$(VENV)/bin/clap-data report $(DEMO_DIR)/astribot_v3 --act-vae $(DEMO_DIR)/act_vae --out $(DEMO_DIR)/report.html && \
-	echo "The report: $(abspath $(DEMO_DIR))/report.html (one self-contained HTML file; open it in any browser)"
+	echo "The report: $(abspath $(DEMO_DIR))/report.html (one self-contained HTML file; open it in any browser)" && \
+	echo "CLAP-NTP step: a tiny RANDOM Qwen2.5-VL (2 layers of width 64) built from a config stands in for a real VLM" && \
+	echo "(nothing is downloaded); it shows the pipeline (export, train ntp, predict ntp), not a useful policy." && \
+	$(VENV)/bin/clap-data export --data $(DEMO_DIR)/astribot_v3 --out $(DEMO_DIR)/shards --image-size 112x112 \
+		--stride 4 --holdout tail --holdout-fraction 0.2 --overwrite && \
+	$(PY) -m clap_data.factories.tiny_vlm $(DEMO_DIR)/tiny_vlm && \
+	$(VENV)/bin/clap-data train ntp --shards $(DEMO_DIR)/shards --model $(DEMO_DIR)/tiny_vlm --out $(DEMO_DIR)/ntp \
+		--steps $(DEMO_NTP_STEPS) --batch-size 8 --lr 5e-3 --warmup-steps 5 --log-every 20 --device cpu --overwrite && \
+	$(VENV)/bin/clap-data predict ntp --ckpt $(DEMO_DIR)/ntp --shards $(DEMO_DIR)/shards --device cpu
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -28,6 +28,7 @@ import_app = _verb("import", "Bring released weights in as a checkpoint folder."
 tokenize_app = _verb("tokenize", "Add token columns to datasets.")
 eval_app = _verb("eval", "Evaluate a tokenizer or a policy on held-out data.")
 sweep_app = _verb("sweep", "Rate–distortion sweeps (the paper's Table V).")
+predict_app = _verb("predict", "Act with a policy on one exported sample and compare with its ground truth.")
 
 StatsOption = Annotated[str, typer.Option(help="Normalisation statistics: openclap (the released table) or dataset (clap-data normstats).")]
 HoldoutOption = Annotated[str, typer.Option(help="Held-out split: episodes (a hash of each episode's source dataset and id) or tail (the end of every episode).")]

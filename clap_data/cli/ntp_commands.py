@@ -1,4 +1,4 @@
-"""CLAP-NTP commands: ``train ntp`` and ``eval ntp`` (on the verbs the Act-VAE commands made)."""
+"""CLAP-NTP commands: ``train ntp``, ``eval ntp`` and ``predict ntp`` (on the verbs the Act-VAE commands made)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from clap_data.cli.act_vae_commands import DeviceOption, eval_app, train_app
+from clap_data.cli.act_vae_commands import DeviceOption, eval_app, predict_app, train_app
 from clap_data.cli.common import stderr, stdout, training_run_line, user_errors
 
 _MODEL_HELP = "The vision-language model to start from: a transformers folder or hub id (Qwen2.5-VL, Qwen3-VL, …)."
@@ -129,3 +129,52 @@ def eval_ntp(
         and report.mse_mean < report.baseline_mse_mean and report.token_accuracy > report.baseline_token_accuracy
     stdout.print(f"the policy {'beats' if better else 'does not beat'} the most-frequent-token baseline "
                  "(token accuracy and action MSE)", highlight=False)
+
+
+def _chunk_rows(actions: Any, steps: tuple[int, ...]) -> list[str]:
+    import numpy as np
+
+    chunk = np.asarray(actions)
+    return [f"{f'[{t}]':>5} {np.array2string(chunk[t], precision=4, max_line_width=200)}" for t in steps]
+
+
+@predict_app.command("ntp", no_args_is_help=True)
+@user_errors
+def predict_ntp(
+    ckpt: Annotated[Path, typer.Option(help="The CLAP-NTP checkpoint folder (clap-data train ntp).")],
+    shards: Annotated[Path, typer.Option(help="The shard folder (clap-data export) whose sample to act on.")],
+    split: Annotated[str, typer.Option(help="heldout or train.")] = "heldout",
+    sample: Annotated[int, typer.Option(min=0, help="The sample's position in the split (file order).")] = 0,
+    sample_id: Annotated[str | None, typer.Option(help="Or the sample's id: DATASET_ID/EPISODE_ID/FRAME.")] = None,
+    act_vae: Annotated[Path | None, typer.Option(help="The Act-VAE folder, if not the recorded one.")] = None,
+    device: DeviceOption = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the prediction and the truth as JSON.")] = False,
+) -> None:
+    """NTPPolicy.predict on one robot sample (its images, instruction, state): the absolute 32×14 chunk, beside
+    the sample's own chunk, tokens and subtask."""
+    import dataclasses
+
+    from clap_data.schemas.shards_v1 import HELDOUT_SPLIT, TRAIN_SPLIT
+    from clap_data.training.ntp_data import ShardSet
+    from clap_data.training.ntp_policy import NTPPolicy
+    from clap_data.training.ntp_predict import predict_shard_sample
+
+    if split not in (HELDOUT_SPLIT, TRAIN_SPLIT):
+        raise typer.BadParameter(f"{split!r} is not {HELDOUT_SPLIT} or {TRAIN_SPLIT}", param_hint="--split")
+    policy = NTPPolicy.from_pretrained(ckpt, act_vae=act_vae, device=device)
+    p = predict_shard_sample(policy, ShardSet.open(shards), split, sample, sample_id)
+    if as_json:
+        print(json.dumps(dataclasses.asdict(p)))
+        return
+    hits = sum(a == b for a, b in zip(p.tokens, p.truth_tokens, strict=True))
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("sample", f"{p.sample_id} ({p.embodiment}; cameras {', '.join(p.cameras)})")
+    table.add_row("instruction", p.instruction)
+    table.add_row("subtask", f"{p.subtask!r} (truth {p.truth_subtask!r})")
+    table.add_row("tokens", f"{p.tokens} ({hits}/{len(p.tokens)} equal to the sample's {p.truth_tokens})")
+    table.add_row("chunk", "\n".join(_chunk_rows(p.actions, (0, 15, 31))))
+    table.add_row("truth", "\n".join(_chunk_rows(p.truth_actions, (0, 15, 31))))
+    table.add_row("mse", f"{_mse(p.mse)} over the active arms' DOFs (robot units; the whole [32, 14] chunk)")
+    stdout.print(table, highlight=False)
