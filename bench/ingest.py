@@ -410,6 +410,13 @@ def section_header(title: str, script: str, argv: list[str]) -> str:
     return f"## {title} ({date})\n\nWritten by `{script}`. Command: `{shlex.join(['python', script, *argv])}`\n\n{machine}\n"
 
 
+def record(key: str, section: str, script: str) -> None:
+    """Print a benchmark's section and write it into ``bench/RESULTS.md`` (:func:`update_results`)."""
+    print(section)
+    update_results(RESULTS_PATH, key, section, script)
+    print(f"written to {RESULTS_PATH}")
+
+
 def update_results(path: Path, key: str, section: str, script: str = "bench/ingest.py") -> None:
     """Replace ``script``'s section for this configuration (between its markers) or append it;
     the header is written only when the file is new, so hand edits to it survive. Every benchmark

@@ -269,9 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Ray start-up, checks, the column update and commit; \"excl. Ray init\" leaves out `ray.init`.\n\n"
         f"{table(results)}\n"
     )
-    print(section)
-    ingest_bench.update_results(ingest_bench.RESULTS_PATH, config_key(args, device), section, SCRIPT)
-    print(f"written to {ingest_bench.RESULTS_PATH}")
+    ingest_bench.record(config_key(args, device), section, SCRIPT)
     return 0
 
 

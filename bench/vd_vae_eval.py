@@ -108,6 +108,11 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     return {"paths": paths, "timings": timings}
 
 
+def step_times(timings: dict[str, float]) -> str:
+    """The section's line of how long each command took."""
+    return "- step times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + "\n"
+
+
 def rate(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
@@ -155,12 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         f"steps of {args.batch_size} pairs, seed {args.seed}, contrastive = SigLIP 0.1, ablation = SigLIP 0\n"
         f"- held-out pairs: {report['pairs']:,} (split {report['holdout']}); Act-VAE tokens "
         f"{', '.join(report['token_source'].values())}\n"
-        f"- step times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + "\n\n"
+        f"{step_times(timings)}\n"
         f"{tables(report)}\n"
     )
-    print(section)
-    ingest_bench.update_results(ingest_bench.RESULTS_PATH, key, section, SCRIPT)
-    print(f"written to {ingest_bench.RESULTS_PATH}")
+    ingest_bench.record(key, section, SCRIPT)
     return 0
 
 

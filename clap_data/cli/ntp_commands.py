@@ -76,6 +76,13 @@ def train_ntp(
     stdout.print(table)
 
 
+def _check_split(split: str) -> None:
+    from clap_data.schemas.shards_v1 import HELDOUT_SPLIT, TRAIN_SPLIT
+
+    if split not in (HELDOUT_SPLIT, TRAIN_SPLIT):
+        raise typer.BadParameter(f"{split!r} is not {HELDOUT_SPLIT} or {TRAIN_SPLIT}", param_hint="--split")
+
+
 def _rate(value: float) -> str:
     return f"{value:.1%}"
 
@@ -96,11 +103,9 @@ def eval_ntp(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report (with every prediction) as JSON.")] = False,
 ) -> None:
     """Token accuracy per slot and action MSE per DOF of greedy answers, against the most-frequent-token baseline."""
-    from clap_data.schemas.shards_v1 import HELDOUT_SPLIT, TRAIN_SPLIT
     from clap_data.training.ntp_eval import evaluate_ntp
 
-    if split not in (HELDOUT_SPLIT, TRAIN_SPLIT):
-        raise typer.BadParameter(f"{split!r} is not {HELDOUT_SPLIT} or {TRAIN_SPLIT}", param_hint="--split")
+    _check_split(split)
     started = time.perf_counter()
     report = evaluate_ntp(ckpt, shards, split, batch_size=batch_size, device=device, act_vae=act_vae)
     if as_json:
@@ -154,13 +159,11 @@ def predict_ntp(
     the sample's own chunk, tokens and subtask."""
     import dataclasses
 
-    from clap_data.schemas.shards_v1 import HELDOUT_SPLIT, TRAIN_SPLIT
     from clap_data.training.ntp_data import ShardSet
     from clap_data.training.ntp_policy import NTPPolicy
     from clap_data.training.ntp_predict import predict_shard_sample
 
-    if split not in (HELDOUT_SPLIT, TRAIN_SPLIT):
-        raise typer.BadParameter(f"{split!r} is not {HELDOUT_SPLIT} or {TRAIN_SPLIT}", param_hint="--split")
+    _check_split(split)
     policy = NTPPolicy.from_pretrained(ckpt, act_vae=act_vae, device=device)
     p = predict_shard_sample(policy, ShardSet.open(shards), split, sample, sample_id)
     if as_json:
