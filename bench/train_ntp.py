@@ -44,8 +44,9 @@ from clap_data.factories.tiny_vlm import SIZES, write_tiny_vlm  # noqa: E402
 from clap_data.models import ActVAE, ActVAEConfig, save_model  # noqa: E402
 from clap_data.training.ntp_data import ShardSet, iter_training_batches  # noqa: E402
 from clap_data.training.ntp_model import add_action_tokens, load_vlm  # noqa: E402
-from clap_data.training.ntp_train import NTPTrainSettings, train_loop, wrist_drops  # noqa: E402
+from clap_data.training.ntp_train import NTPTrainSettings, train_loop  # noqa: E402
 from clap_data.training.prompts import encode_training_batch  # noqa: E402
+from clap_data.training.train_common import wrist_drops  # noqa: E402
 
 SCRIPT = "bench/train_ntp.py"
 CLI = [sys.executable, "-c", "import clap_data.cli.ntp_commands; from clap_data.cli import main; main()"]

@@ -150,6 +150,12 @@ def mask_arms(values: FloatArray, arm_mask: FloatArray) -> FloatArray:
     return np.where(keep, np.asarray(values, dtype=np.float64), 0.0)
 
 
+def normalized_state(state_t: FloatArray, stats: NormStats, arm_mask: FloatArray) -> FloatArray:
+    """The absolute state ``[..., 14]`` as a model sees it: normalised with the embodiment's state q01/q99 (pose
+    dims only), the inactive arm of ``arm_mask [..., 2]`` zeroed after (METHOD.md §2)."""
+    return mask_arms(normalize(state_t, stats.state_q01, stats.state_q99), arm_mask)
+
+
 def model_chunks(chunks: FloatArray, arm_mask: FloatArray, stats: NormStats) -> FloatArray:
     """Relative chunks ``[B, 32, 14]`` as the Act-VAE sees them: normalised, inactive arm (``arm_mask
     [B, 2]`` at each chunk's first frame) zeroed. The vectorised form of :func:`tokenizer_input`."""
@@ -177,7 +183,7 @@ def tokenizer_input(state: FloatArray, action: FloatArray, arm_mask: FloatArray,
     chunk = normalize(relative_chunk(state_t, commands), stats.action_q01, stats.action_q99)
     return TokenizerInput(
         action=mask_arms(chunk, mask),
-        state=mask_arms(normalize(state_t, stats.state_q01, stats.state_q99), mask),
+        state=normalized_state(state_t, stats, mask),
         arm_mask=mask,
         padded=padded,
     )

@@ -8,21 +8,22 @@ needs its batches in an order that is a function of (seed, step) only, so that a
 The manifest keys read here (``manifest.json``; the exporter writes them)::
 
     schema, schema_version                    clap-data/shards, 1
-    splits: {split: {shards: [{file, rows}]}}  the shard files of train/ and heldout/
+    splits: {split: {shards: [{file, rows}],   the shard files of train/ and heldout/, and how many samples of
+             embodiments}}                  each embodiment they hold
     act_vae: {checkpoint_sha256, checkpoint,  the tokenizer of every token column (pseudo-tokens use its codebook);
               num_queries, codebook_size}     checkpoint = its folder, as far as the exporter knew it
     statistics: {embodiment: {id, action: {q01, q99}, state: {q01, q99}}}
+    mix: {weights: {dataset id: weight}}      the loader's mixing weights
+    datasets: [{dataset_ids, embodiment}]     which embodiment each dataset is (robot-only streams need it)
 
-:func:`iter_training_batches` is a deliberately small stand-in for the streaming loader
-(``clap_data.training.loader``): it reads every training shard into memory, which suits the factory's shards
-and small exports only. Swapping it for the loader changes that one function.
+:func:`iter_training_batches` streams the training batches through the shard loader
+(``clap_data.training.loader``): memory stays bounded however large the export.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,18 +34,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from clap_data.actions import NormStats
+from clap_data.actions import HUMAN, NormStats
 from clap_data.errors import ClapDataError
 from clap_data.schemas.shards_v1 import (
     ARM_MASK,
     CAMERAS_IN_PROMPT_ORDER,
     EMBODIMENT,
     SHARD_MANIFEST,
-    SHARDS_SCHEMA_NAME,
-    SHARDS_SCHEMA_VERSION,
     TRAIN_SPLIT,
     image_column,
 )
+from clap_data.training.loader import iter_steps, read_manifest
 
 Sample = dict[str, Any]  # one shard row; images decoded to H×W×3 uint8 arrays under "images" (camera → array)
 
@@ -59,21 +59,11 @@ class ShardSet:
     @classmethod
     def open(cls, root: Path) -> ShardSet:
         root = Path(root)
-        path = root / SHARD_MANIFEST
-        try:
-            manifest = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ClapDataError(f"{root} is not a shard folder ({SHARD_MANIFEST} is missing); "
-                                "write one with clap-data export") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ClapDataError(f"{path} cannot be read: {exc}") from None
-        schema = (manifest.get("schema"), manifest.get("schema_version"))
-        if schema != (SHARDS_SCHEMA_NAME, SHARDS_SCHEMA_VERSION):
-            raise ClapDataError(f"{root} holds shards of schema {schema[0]} version {schema[1]}; this clap-data reads "
-                                f"{SHARDS_SCHEMA_NAME} version {SHARDS_SCHEMA_VERSION}")
+        manifest = read_manifest(root)  # its schema checked
         for key in ("act_vae", "statistics"):
             if not isinstance(manifest.get(key), dict):
-                raise ClapDataError(f"{path} has no {key!r} entry: it was not written by clap-data export")
+                raise ClapDataError(f"{root / SHARD_MANIFEST} has no {key!r} entry: it was not written by "
+                                    "clap-data export")
         return cls(root, manifest)
 
     @property
@@ -99,6 +89,25 @@ class ShardSet:
     def count(self, split: str) -> int:
         """Samples in ``split``, from the manifest's per-shard row counts."""
         return sum(int(shard["rows"]) for shard in self.manifest.get("splits", {}).get(split, {}).get("shards", []))
+
+    def robot_count(self, split: str) -> int:
+        """Robot samples in ``split`` (every embodiment but human), from the manifest's per-embodiment counts."""
+        per = self.manifest.get("splits", {}).get(split, {}).get("embodiments", {})
+        return sum(int(n) for embodiment, n in per.items() if embodiment != HUMAN)
+
+    def robot_mix(self) -> dict[str, float]:
+        """The manifest's mixing weights with every human dataset's set to 0: the loader's weights then leave
+        human samples out of every epoch (CLAP-RF trains on robot chunks only: human video has no actions,
+        METHOD.md §6), and the robot datasets keep their recorded shares."""
+        weights = dict(self.manifest.get("mix", {}).get("weights", {}))
+        entries = self.manifest.get("datasets")
+        if not isinstance(entries, list):
+            raise ClapDataError(f"{self.root / SHARD_MANIFEST} does not say which embodiment each dataset is; "
+                                "export the shards again")
+        for entry in entries:
+            if entry.get("embodiment") == HUMAN:
+                weights.update(dict.fromkeys(entry.get("dataset_ids", []), 0.0))
+        return weights
 
     def files(self, split: str) -> list[Path]:
         entry = self.manifest.get("splits", {}).get(split)
@@ -151,22 +160,27 @@ def iter_samples(shards: ShardSet, split: str, batch_size: int) -> Iterator[list
             yield rows_to_samples(pa.Table.from_batches([batch]))
 
 
-def check_batch_fits(shards: ShardSet, samples: int, batch_size: int, world_size: int) -> None:
+def check_batch_fits(shards: ShardSet, samples: int, batch_size: int, world_size: int,
+                     what: str = "training samples") -> None:
     """Refuse a global batch larger than the training split (an epoch would have no step)."""
     if samples < batch_size * world_size:
-        raise ClapDataError(f"{shards.root} holds {samples} training samples, fewer than one global batch of "
+        raise ClapDataError(f"{shards.root} holds {samples} {what}, fewer than one global batch of "
                             f"{batch_size * world_size} ({batch_size} per worker × {world_size}); lower --batch-size")
 
 
 def iter_training_batches(
     shards: ShardSet, batch_size: int, rank: int, world_size: int, seed: int, start_step: int = 0,
+    robot_only: bool = False,
 ) -> Iterator[list[Sample]]:
     """This rank's part of every global batch from ``start_step`` on, endlessly (epoch after epoch), streamed by
     :func:`clap_data.training.loader.iter_steps`: the batches are a function of (seed, step, world size) only, so a
-    resumed run sees the ones an uninterrupted run would, and memory stays bounded however large the shards."""
-    from clap_data.training.loader import iter_steps
-
-    check_batch_fits(shards, shards.count(TRAIN_SPLIT), batch_size, world_size)
+    resumed run sees the ones an uninterrupted run would, and memory stays bounded however large the shards.
+    ``robot_only`` leaves the human samples out (:meth:`ShardSet.robot_mix`), deterministically as well."""
+    if robot_only:
+        check_batch_fits(shards, shards.robot_count(TRAIN_SPLIT), batch_size, world_size, "robot training samples")
+    else:
+        check_batch_fits(shards, shards.count(TRAIN_SPLIT), batch_size, world_size)
     for batch in iter_steps(shards.root, start_step=start_step, batch_size=batch_size, rank=rank,
-                            world_size=world_size, seed=seed, drop_last=True):
+                            world_size=world_size, seed=seed, drop_last=True,
+                            mix=shards.robot_mix() if robot_only else True):
         yield batch.samples()

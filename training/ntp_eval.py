@@ -97,7 +97,9 @@ def squared_error(predicted: NDArray[np.float64], truth: NDArray[np.float64]) ->
     return np.square(error).mean(axis=0)
 
 
-class _DofTotals:
+class DofTotals:
+    """Per DOF, squared errors summed over the chunks whose arm is active, and their mean."""
+
     def __init__(self) -> None:
         self.sums, self.counts = np.zeros(14), np.zeros(14)
 
@@ -125,7 +127,7 @@ def evaluate_ntp(ckpt: Path, shards_dir: Path, split: str = HELDOUT_SPLIT, batch
     baseline = most_frequent_tokens(shards)
     nq = policy.num_queries
     hits, baseline_hits = np.zeros(2 * nq), np.zeros(2 * nq)
-    policy_dofs, baseline_dofs = _DofTotals(), _DofTotals()
+    policy_dofs, baseline_dofs = DofTotals(), DofTotals()
     predictions, robot, scored = [], 0, 0
     for batch in iter_samples(shards, split, batch_size):
         prompts = [Prompt(prompt_images(s["images"]), s[EMBODIMENT], s[INSTRUCTION]) for s in batch]

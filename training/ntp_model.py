@@ -34,6 +34,13 @@ class ActionVocabulary:
     def contains(self, ids: torch.Tensor) -> torch.Tensor:
         return (ids >= self.first_id) & (ids < self.first_id + self.size)
 
+    def hits(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correct next-token predictions (argmax) at the action-token positions of ``labels``, and how many
+        positions there are (logits at i predict token i + 1)."""
+        targets = labels[:, 1:]
+        slots = self.contains(targets)
+        return ((logits[:, :-1].argmax(-1) == targets) & slots).sum(), slots.sum()
+
 
 def load_vlm(source: str, **kwargs: Any) -> tuple[Any, Any]:
     """The model (``AutoModelForImageTextToText``) and its processor from a folder or hub id, as one sentence

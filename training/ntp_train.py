@@ -16,36 +16,36 @@ iter_training_batches`), the wrist drop of step s on rank r a function of (seed,
 steps rank 0 saves the whole loop state with :mod:`clap_data.train_state` — weights, optimizer, scheduler, every
 RNG stream — then the ``save_pretrained`` export. A save step is also a log step, so no metric window is ever open
 across a save, and a resumed run logs what an uninterrupted one does. Every rank resumes from the state
-(:func:`clap_data.act_vae.checkpoint.resume_point`, which refuses a run of other settings).
+(:func:`clap_data.act_vae.checkpoint.resume_point`, which refuses a run of other settings). That machinery —
+batches, wrist drops, resume, steps, logging, saves — is :mod:`clap_data.training.train_common`'s, shared with
+CLAP-RF; this module holds what is CLAP-NTP's: the settings, the model with its action vocabulary, the step's loss
+and token accuracy, and the checkpoint's record.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
-from clap_data import train_state
-from clap_data.act_vae.checkpoint import TRAINING_STATE_NAME, read_training_meta, resume_point
-from clap_data.errors import ClapDataError
 from clap_data.hashing import file_sha256
-from clap_data.locking import file_lock
 from clap_data.schemas.shards_v1 import SHARD_MANIFEST
 from clap_data.training.ntp_checkpoint import export_policy
-from clap_data.training.ntp_data import ShardSet, iter_training_batches
+from clap_data.training.ntp_data import ShardSet
 from clap_data.training.ntp_model import ActionVocabulary, add_action_tokens, load_vlm
-from clap_data.training.prompts import encode_training_batch
-
-Report = Callable[[dict[str, Any]], None]
-WRITER_LOCK = ".writer.lock"  # held by rank 0 (the driver holds ".lock")
+from clap_data.training.train_common import (
+    Loop,
+    Report,
+    adamw_warmup,
+    restore_last,
+    start_point,
+    train_from,
+    wrap_ddp,
+    writer_lock,
+)
 
 
 @dataclass(frozen=True)
@@ -77,49 +77,6 @@ class NTPTrainSettings:
         }
 
 
-def wrist_drops(samples: list[dict[str, Any]], probability: float, seed: int, step: int, rank: int) -> list[bool]:
-    """Which samples of rank ``rank``'s batch at ``step`` leave both wrist images out: a function of (seed, step,
-    rank) only (exact resume), and only where a head image remains (no sample is ever image-less)."""
-    draws = np.random.default_rng([seed, step, rank]).random(len(samples))
-    return [bool(d < probability) and "head" in s["images"] for d, s in zip(draws, samples, strict=True)]
-
-
-def _encoded_batches(settings: NTPTrainSettings, shards: ShardSet, processor: Any, rank: int, world_size: int,
-                     start: int, pin: bool) -> Iterator[dict[str, torch.Tensor]]:
-    """Step by step from ``start``: this rank's samples, wrists dropped, encoded."""
-    samples = iter_training_batches(shards, settings.batch_size, rank, world_size, settings.seed, start)
-    step = start
-    while True:
-        batch = next(samples)
-        drops = wrist_drops(batch, settings.wrist_drop, settings.seed, step, rank)
-        encoded = encode_training_batch(processor, batch, drops, shards.num_queries)
-        yield {k: v.pin_memory() for k, v in encoded.items()} if pin else encoded
-        step += 1
-
-
-def _prefetched(batches: Iterator[Any]) -> Iterator[Any]:
-    """``batches`` one ahead, the next one made in a thread while the caller works on the current one."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        upcoming = pool.submit(next, batches)
-        while True:
-            current = upcoming.result()
-            upcoming = pool.submit(next, batches)
-            yield current
-
-
-def _token_hits(logits: torch.Tensor, labels: torch.Tensor, vocab: ActionVocabulary) -> tuple[torch.Tensor, ...]:
-    """Correct next-token predictions at the action-token positions, and how many there are."""
-    targets = labels[:, 1:]
-    slots = vocab.contains(targets)
-    return ((logits[:, :-1].argmax(-1) == targets) & slots).sum(), slots.sum()
-
-
-def _sum_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:
-    if world_size > 1:
-        dist.all_reduce(values)
-    return values
-
-
 def train_loop(
     settings: NTPTrainSettings, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
     report: Report | None = None, on_start: Callable[[int], None] | None = None,
@@ -131,12 +88,7 @@ def train_loop(
 
     Rank 0 holds the folder's writer lock for the whole loop, and every rank reads the resume point only once it
     has it: the workers of a killed command outlive it for a moment, and must have stopped writing first."""
-    ckpt = Path(settings.out)
-    with ExitStack() as stack:
-        if rank == 0:
-            stack.enter_context(file_lock(ckpt / WRITER_LOCK, ckpt, exclusive=True, purpose="train ntp", wait=True))
-        if world_size > 1:
-            dist.barrier()
+    with writer_lock(Path(settings.out), rank, world_size, "train ntp"):
         return _train(settings, rank, world_size, device or torch.device("cpu"), report, on_start, orphaned)
 
 
@@ -149,10 +101,8 @@ def _model_and_optimizer(settings: NTPTrainSettings, shards: ShardSet, device: t
     model.config.use_cache = False
     if device.type == "cuda" and settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95),
-                                  weight_decay=settings.weight_decay)
-    warmup = max(1, settings.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    optimizer, scheduler = adamw_warmup([{"params": list(model.parameters()), "lr": settings.learning_rate}],
+                                        settings.warmup_steps, settings.weight_decay)
     return model, processor, vocab, optimizer, scheduler
 
 
@@ -167,73 +117,39 @@ def _checkpoint_meta(settings: NTPTrainSettings, shards: ShardSet, identity: dic
             "embodiments": {name: {"arm_mask": mask} for name, mask in shards.embodiment_arm_masks().items()}}
 
 
+def _summary(sums: list[float], count: int) -> dict[str, Any]:
+    """A window's mean loss and the action-token accuracy of its next-token predictions."""
+    loss, correct, tokens = sums
+    return {"loss": loss / count, "token_accuracy": correct / tokens if tokens else 0.0}
+
+
 def _train(settings: NTPTrainSettings, rank: int, world_size: int, device: torch.device, report: Report | None,
            on_start: Callable[[int], None] | None, orphaned: Callable[[], bool] | None) -> dict[str, Any] | None:
     shards = ShardSet.open(Path(settings.shards))
     identity = settings.identity(shards, world_size)
     ckpt = Path(settings.out)
-    saved = resume_point(ckpt, identity, overwrite=False, kind="CLAP-NTP")
-    step = int(saved["extra"]["step"]) if saved else 0
-    if rank == 0 and on_start is not None:
-        on_start(step)
-    if step >= settings.steps and read_training_meta(ckpt).get("step") == step:
+    begun = start_point(ckpt, identity, "CLAP-NTP", settings.steps, rank, on_start)
+    if begun is None:
         return None  # complete, and its export is up to date
+    saved, step = begun
     model, processor, vocab, optimizer, scheduler = _model_and_optimizer(settings, shards, device)
-    last = None
-    if saved is not None:
-        last = train_state.restore(saved, model, optimizer, scheduler)["last"]
-        del saved
+    last = restore_last(saved, model, optimizer, scheduler)
+    del saved
     cuda = device.type == "cuda"
-    ddp = model
-    if world_size > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    ddp = wrap_ddp(model, world_size, device)
     model.train()
     meta = _checkpoint_meta(settings, shards, identity, vocab, world_size, device)
 
-    def save() -> None:
-        state = train_state.capture(model, optimizer, scheduler, extra={"run": identity, "step": step, "last": last})
-        train_state.save(ckpt / TRAINING_STATE_NAME, state)
-        export_policy(ckpt, model, processor, {**meta, "step": step, "last": last})
-
-    if step >= settings.steps and rank == 0:  # a crash left the export one save behind the state
-        save()
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct action tokens, action tokens
-    window_start, window_steps = time.perf_counter(), 0
-    batches = _encoded_batches(settings, shards, processor, rank, world_size, step, cuda)
-    if cuda:
-        batches = _prefetched(batches)
-    while step < settings.steps:
-        if orphaned is not None and orphaned():
-            raise ClapDataError(f"the command that started this run is gone; rank {rank} stops at step {step}")
-        inputs = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+    def forward(inputs: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next-token loss; the metrics: loss, correct action tokens, action tokens (the step plays no part)."""
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
             out = ddp(**inputs)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        window_steps += 1
         with torch.no_grad():
-            sums += torch.stack([out.loss.detach().double(), *(v.double() for v in _token_hits(
-                out.logits, inputs["labels"], vocab))])
-        saving = step % settings.save_every == 0 or step == settings.steps
-        if saving or step % settings.log_every == 0:
-            loss, correct, count = _sum_over_ranks(sums, world_size).tolist()
-            elapsed = time.perf_counter() - window_start
-            last = {"step": step, "steps": settings.steps, "loss": loss / (window_steps * world_size),
-                    "token_accuracy": correct / count if count else 0.0,
-                    "samples_per_second": window_steps * settings.batch_size * world_size / elapsed,
-                    "learning_rate": scheduler.get_last_lr()[0]}
-            if not np.isfinite(last["loss"]):
-                raise ClapDataError(f"training diverged at step {step} (loss {last['loss']}); lower --lr and rerun "
-                                    "with --overwrite")
-            if rank == 0 and report is not None:
-                report(last)
-            if saving and rank == 0:
-                save()
-            sums.zero_()
-            window_start, window_steps = time.perf_counter(), 0
-    batches.close()
-    return last
+            hits = vocab.hits(out.logits, inputs["labels"])
+            return out.loss, torch.stack([out.loss.detach().double(), *(v.double() for v in hits)])
+
+    def export(step: int, last: dict[str, Any] | None) -> None:
+        export_policy(ckpt, model, processor, {**meta, "step": step, "last": last})
+
+    loop = Loop(model, optimizer, scheduler, forward, _summary, export, ckpt, identity)
+    return train_from(loop, settings, shards, processor, step, last, rank, world_size, device, report, orphaned)

@@ -1,14 +1,16 @@
 """Every kind of trained policy behind one call: :func:`load_policy` reads a checkpoint's kind and loads it.
 
 Why a table: the policy server (and any tool that acts) takes a checkpoint folder, not a class. Each trainer writes
-its kind into the folder's ``training.json``; one line here maps that kind to the class that loads it, so CLAP-RF
-joins with one line once it exists. A policy is any object with ``ckpt`` (its folder), ``meta`` (its
+its kind into the folder's ``training.json``; one line here maps that kind to the class that loads it (CLAP-NTP's
+:class:`~clap_data.training.ntp_policy.NTPPolicy`, CLAP-RF's :class:`~clap_data.training.rf_policy.RFPolicy`), imported
+only when a policy of that kind is loaded (they import ``transformers``). A policy is any object with ``ckpt`` (its folder), ``meta`` (its
 ``training.json``) and ``predict(images, instruction, embodiment, state)`` returning at least ``actions``
 ``[32, 14]`` (see :class:`clap_data.training.ntp_policy.NTPPolicy`).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +22,7 @@ from clap_data.actions import HUMAN
 from clap_data.errors import ClapDataError
 from clap_data.schemas import POSE14_NAMES
 from clap_data.schemas.shards_v1 import ACTION_DIM, CAMERAS_IN_PROMPT_ORDER, CHUNK_STEPS
-from clap_data.training import ntp_checkpoint
+from clap_data.training import ntp_checkpoint, rf_checkpoint
 from clap_data.training.policy_client import PROTOCOL_VERSION
 
 
@@ -34,14 +36,21 @@ class Policy(Protocol):
                 state: Any) -> dict[str, Any]: ...
 
 
-def _load_ntp(ckpt: Path, device: str, act_vae: Path | None) -> Policy:
-    from clap_data.training.ntp_policy import NTPPolicy  # imports transformers: only when an NTP policy is loaded
-
-    return NTPPolicy.from_pretrained(ckpt, act_vae=act_vae, device=device)
+Loader = Callable[[Path, str, Path | None], Policy]
 
 
-LOADERS: dict[str, Callable[[Path, str, Path | None], Policy]] = {
-    ntp_checkpoint.KIND: _load_ntp,
+def _loader(module: str, name: str) -> Loader:
+    """``module.name.from_pretrained(ckpt, act_vae=…, device=…)``, the module imported at the first load."""
+
+    def load(ckpt: Path, device: str, act_vae: Path | None) -> Policy:
+        return getattr(importlib.import_module(module), name).from_pretrained(ckpt, act_vae=act_vae, device=device)
+
+    return load
+
+
+LOADERS: dict[str, Loader] = {
+    ntp_checkpoint.KIND: _loader("clap_data.training.ntp_policy", "NTPPolicy"),
+    rf_checkpoint.KIND: _loader("clap_data.training.rf_policy", "RFPolicy"),
 }
 
 

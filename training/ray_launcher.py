@@ -1,11 +1,16 @@
-"""``clap-data train ntp``: the CLAP-NTP loop on Ray Train workers (``TorchTrainer``, DDP), on one machine or a cluster.
+"""``clap-data train ntp`` and ``train rf``: a policy training loop on Ray Train workers (``TorchTrainer``, DDP), on
+one machine or a cluster.
 
-The driver holds the checkpoint folder's lock, handles ``--overwrite`` and a run that is already complete (from
-``training.json`` alone: no training state is loaded on the driver), then starts ``num_workers`` workers —
-gloo on CPUs, NCCL on GPUs, as ``TorchTrainer`` sets the process group up — each running
-:func:`clap_data.training.ntp_train.train_loop` with its rank. Ray is embedded (started for the command) unless
-``address`` joins a cluster (:mod:`clap_data.ray_runtime`). On an embedded Ray on CPUs, each worker gets an equal
-share of the CPUs (its torch threads follow); on a cluster, Ray Train's defaults (one CPU, or one GPU, per worker).
+One launcher for every loop (:func:`launch`): a :class:`LoopSpec` names the loop function (CLAP-NTP's
+:func:`clap_data.training.ntp_train.train_loop`, CLAP-RF's :func:`clap_data.training.rf_train.train_loop`; each
+takes ``(settings, rank, world_size, device, report, on_start, orphaned)``), how ``--overwrite`` clears its folder
+and which training samples it reads; :func:`train_ntp` and :func:`train_rf` are the two calls. The driver holds the
+checkpoint folder's lock, handles ``--overwrite`` and a run that is already complete (from ``training.json`` alone:
+no training state is loaded on the driver), then starts ``num_workers`` workers — gloo on CPUs, NCCL on GPUs, as
+``TorchTrainer`` sets the process group up — each running the loop with its rank. Ray is embedded (started for
+the command) unless ``address`` joins a cluster (:mod:`clap_data.ray_runtime`). On an embedded Ray on CPUs, each
+worker gets an equal share of the CPUs (its torch threads follow); on a cluster, Ray Train's defaults (one CPU, or
+one GPU, per worker).
 
 Progress: rank 0 puts each log window's metrics on a Ray queue; the driver relays them to ``on_progress`` while
 ``fit`` runs in a thread. A worker on the driver's machine stops before its next step once the driver's process is
@@ -18,7 +23,6 @@ as that one sentence.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import queue as stdlib_queue
 import socket
@@ -36,17 +40,33 @@ from clap_data.act_vae.checkpoint import TRAINING_STATE_NAME, read_training_meta
 from clap_data.errors import ClapDataError
 from clap_data.locking import exclusive_lock
 from clap_data.ray_runtime import ray_session
-from clap_data.schemas.shards_v1 import SAMPLE_ID, TRAIN_SPLIT
+from clap_data.schemas.shards_v1 import TRAIN_SPLIT
+from clap_data.training import ntp_train, rf_train
 from clap_data.training.ntp_checkpoint import clear_ntp_checkpoint
 from clap_data.training.ntp_data import ShardSet, check_batch_fits
-from clap_data.training.ntp_train import NTPTrainSettings, train_loop
+from clap_data.training.rf_checkpoint import clear_rf_checkpoint
 
 Progress = Callable[[dict[str, Any]], None]
 DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
-class NTPTrainReport:
+class LoopSpec:
+    """A training loop the launcher runs: ``name`` (the Ray run's), the ``loop`` function, what ``--overwrite``
+    does (``clear``) and whether it reads the robot samples alone (``robot_only``)."""
+
+    name: str
+    loop: Callable[..., dict[str, Any] | None]
+    clear: Callable[[Path], None]
+    robot_only: bool
+
+
+NTP = LoopSpec("clap-ntp", ntp_train.train_loop, clear_ntp_checkpoint, robot_only=False)
+RF = LoopSpec("clap-rf", rf_train.train_loop, clear_rf_checkpoint, robot_only=True)
+
+
+@dataclass(frozen=True)
+class TrainReport:
     ckpt: Path
     steps: int
     resumed_from: int  # the step of the training state the run started from
@@ -54,7 +74,7 @@ class NTPTrainReport:
     num_workers: int
     device: str
     seconds: float
-    train_samples: int
+    train_samples: int  # the samples the loop reads (robot samples alone for CLAP-RF)
     act_vae_sha256: str
     stats_ids: dict[str, str]
     last: dict[str, Any] | None
@@ -68,10 +88,10 @@ def _worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     progress = config["progress"]
     host, pid = config["driver"]
-    train_loop(NTPTrainSettings(**config["settings"]), context.get_world_rank(), context.get_world_size(),
-               ray.train.torch.get_device(), report=lambda metrics: progress.put(("window", metrics)),
-               on_start=lambda step: progress.put(("start", step)),
-               orphaned=(lambda: not psutil.pid_exists(pid)) if host == socket.gethostname() else None)
+    config["loop"](config["settings"], context.get_world_rank(), context.get_world_size(),
+                   ray.train.torch.get_device(), report=lambda metrics: progress.put(("window", metrics)),
+                   on_start=lambda step: progress.put(("start", step)),
+                   orphaned=(lambda: not psutil.pid_exists(pid)) if host == socket.gethostname() else None)
 
 
 def _scaling(device: str, num_workers: int, address: str | None) -> Any:
@@ -133,10 +153,26 @@ def _fit(trainer: Any, progress: Any, on_progress: Progress | None) -> tuple[int
 
 
 def train_ntp(
-    settings: NTPTrainSettings, num_workers: int = 1, address: str | None = None, device: str = "auto",
+    settings: ntp_train.NTPTrainSettings, num_workers: int = 1, address: str | None = None, device: str = "auto",
     overwrite: bool = False, on_progress: Progress | None = None,
-) -> NTPTrainReport:
+) -> TrainReport:
     """Train (or resume) CLAP-NTP into ``settings.out``; see the module docstring."""
+    return launch(NTP, settings, num_workers, address, device, overwrite, on_progress)
+
+
+def train_rf(
+    settings: rf_train.RFTrainSettings, num_workers: int = 1, address: str | None = None, device: str = "auto",
+    overwrite: bool = False, on_progress: Progress | None = None,
+) -> TrainReport:
+    """Train (or resume) CLAP-RF + Knowledge Matching into ``settings.out``; see the module docstring."""
+    return launch(RF, settings, num_workers, address, device, overwrite, on_progress)
+
+
+def launch(spec: LoopSpec, settings: Any, num_workers: int = 1, address: str | None = None, device: str = "auto",
+           overwrite: bool = False, on_progress: Progress | None = None) -> TrainReport:
+    """Run ``spec``'s loop with ``settings`` (its settings dataclass: ``out``, ``shards``, ``steps``,
+    ``batch_size``, ``save_every``, ``log_every``, ``wrist_drop`` and ``identity(shards, world_size)``) on
+    ``num_workers`` Ray Train workers; see the module docstring."""
     if min(settings.steps, settings.batch_size, settings.save_every, settings.log_every, num_workers) < 1:
         raise ClapDataError("steps, batch size, save and log intervals and the number of workers must all be at "
                             "least 1")
@@ -147,18 +183,18 @@ def train_ntp(
     shards = ShardSet.open(Path(settings.shards))
     ckpt = Path(settings.out)
     started = time.perf_counter()
-    train_samples = shards.read(TRAIN_SPLIT, [SAMPLE_ID]).num_rows
-    check_batch_fits(shards, train_samples, settings.batch_size, num_workers)
+    train_samples = shards.robot_count(TRAIN_SPLIT) if spec.robot_only else shards.count(TRAIN_SPLIT)
+    check_batch_fits(shards, train_samples, settings.batch_size, num_workers,
+                     "robot training samples" if spec.robot_only else "training samples")
     with exclusive_lock(ckpt / ".lock", ckpt):
         if overwrite:
-            clear_ntp_checkpoint(ckpt)
+            spec.clear(ckpt)
         meta = read_training_meta(ckpt)
         identity = settings.identity(shards, num_workers)
         complete = meta.get("step", 0) >= settings.steps and (ckpt / TRAINING_STATE_NAME).is_file()
         if meta.get("run") == identity and complete:
-            return NTPTrainReport(ckpt, meta["step"], meta["step"], True, num_workers, meta.get("device", ""), 0.0,
-                                  train_samples, shards.act_vae["checkpoint_sha256"], shards.stats_ids(),
-                                  meta.get("last"))
+            return TrainReport(ckpt, meta["step"], meta["step"], True, num_workers, meta.get("device", ""), 0.0,
+                               train_samples, shards.act_vae["checkpoint_sha256"], shards.stats_ids(), meta.get("last"))
         with ray_session(address, None):
             from ray.train import RunConfig
             from ray.train.torch import TorchTrainer
@@ -166,13 +202,13 @@ def train_ntp(
 
             progress = Queue(actor_options={"num_cpus": 0})
             scaling = _scaling(device, num_workers, address)
-            with tempfile.TemporaryDirectory(prefix="clap-ntp-ray-train-") as storage:
+            with tempfile.TemporaryDirectory(prefix=f"{spec.name}-ray-train-") as storage:
                 trainer = TorchTrainer(
-                    _worker, train_loop_config={"settings": dataclasses.asdict(settings), "progress": progress,
+                    _worker, train_loop_config={"loop": spec.loop, "settings": settings, "progress": progress,
                                                 "driver": (socket.gethostname(), os.getpid())},
-                    scaling_config=scaling, run_config=RunConfig(name="clap-ntp", storage_path=storage))
+                    scaling_config=scaling, run_config=RunConfig(name=spec.name, storage_path=storage))
                 resumed_from, last = _fit(trainer, progress, on_progress)
         done = read_training_meta(ckpt)
-    return NTPTrainReport(ckpt, done.get("step", 0), resumed_from, False, num_workers, done.get("device", ""),
-                          time.perf_counter() - started, train_samples, shards.act_vae["checkpoint_sha256"],
-                          shards.stats_ids(), last or done.get("last"))
+    return TrainReport(ckpt, done.get("step", 0), resumed_from, False, num_workers, done.get("device", ""),
+                       time.perf_counter() - started, train_samples, shards.act_vae["checkpoint_sha256"],
+                       shards.stats_ids(), last or done.get("last"))

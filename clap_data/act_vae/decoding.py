@@ -59,10 +59,17 @@ def detokenize(
     limit = model.config.codebook_size
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= limit):
         raise ClapDataError(f"token indices must lie in [0, {limit}) for this checkpoint, got {int(tokens.min())}..{int(tokens.max())}")
-    normalised = model.detokenize_dual(tokens.long()).double().cpu().numpy()
-    relative = denormalize(normalised, stats.action_q01, stats.action_q99)
-    actions = mask_arms(absolute_chunk(state, relative), mask[:, None, :])
+    actions = absolute_actions(model.detokenize_dual(tokens.long()).double().cpu().numpy(), state, stats, mask)
     return actions[0] if single else actions
+
+
+def absolute_actions(normalised: NDArray[np.float64], state_t: NDArray[np.float64], stats: NormStats,
+                     arm_mask: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Normalised chunk-relative actions ``[B, 32, 14]`` (a decoder's or an action head's) → executable absolute
+    ones: denormalised with the embodiment's q01/q99, ``p = p0 + Δp``, ``R = ΔR·R0`` from the states ``[B, 14]``
+    at the chunks' first frames, the inactive arm of ``arm_mask [B, 2]`` zero (METHOD.md §2)."""
+    relative = denormalize(np.asarray(normalised, dtype=np.float64), stats.action_q01, stats.action_q99)
+    return mask_arms(absolute_chunk(state_t, relative), np.asarray(arm_mask)[:, None, :])
 
 
 @dataclass(frozen=True)

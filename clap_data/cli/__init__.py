@@ -8,6 +8,7 @@ from clap_data.cli import act_vae_commands  # noqa: F401  (registers train, toke
 from clap_data.cli import vd_vae_commands  # noqa: F401  (registers train vd-vae on the train verb)
 from clap_data.cli import pseudolabel_commands  # noqa: F401  (registers pseudolabel vd-vae)
 from clap_data.cli import ntp_commands  # noqa: F401  (registers train ntp, eval ntp and predict ntp)
+from clap_data.cli import rf_commands  # noqa: F401  (registers train rf)
 from clap_data.cli import stats_commands  # noqa: F401  (registers sql and stats)
 from clap_data.cli import export_commands  # noqa: F401  (registers export)
 from clap_data.cli import report_commands  # noqa: F401  (registers report)

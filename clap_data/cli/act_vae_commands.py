@@ -23,7 +23,7 @@ def _verb(name: str, help_text: str) -> typer.Typer:
     return group
 
 
-train_app = _verb("train", "Train a tokenizer (act-vae, vd-vae) or a policy (ntp).")
+train_app = _verb("train", "Train a tokenizer (act-vae, vd-vae) or a policy (ntp, rf).")
 import_app = _verb("import", "Bring released weights in as a checkpoint folder.")
 tokenize_app = _verb("tokenize", "Add token columns to datasets.")
 eval_app = _verb("eval", "Evaluate a tokenizer or a policy on held-out data.")

@@ -11,10 +11,24 @@ import typer
 from rich.table import Table
 
 from clap_data.cli.act_vae_commands import DeviceOption, eval_app, predict_app, train_app
-from clap_data.cli.common import stderr, stdout, training_run_line, user_errors
+from clap_data.cli.common import stderr, stdout, user_errors
+from clap_data.cli.train_options import (
+    AddressOption,
+    BatchSizeOption,
+    JsonOption,
+    LogEveryOption,
+    NumWorkersOption,
+    OverwriteOption,
+    SaveEveryOption,
+    StepsOption,
+    TrainDeviceOption,
+    WarmupOption,
+    WristDropOption,
+    print_json,
+    print_summary,
+)
 
 _MODEL_HELP = "The vision-language model to start from: a transformers folder or hub id (Qwen2.5-VL, Qwen3-VL, …)."
-_TRAIN_DEVICE_HELP = "auto (GPU workers when the Ray cluster has a GPU for each), cpu or cuda."
 
 
 def _model_source(model: str) -> str:
@@ -33,19 +47,19 @@ def train_ntp(
     shards: Annotated[Path, typer.Option(help="The shard folder (clap-data export).")],
     model: Annotated[str, typer.Option(help=_MODEL_HELP)],
     out: Annotated[Path, typer.Option(help="Checkpoint folder (save_pretrained + training state); rerunning resumes.")],
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps in total (more continue a finished run).")] = 1000,
+    steps: StepsOption = 1000,
     lr: Annotated[float, typer.Option(min=0.0, help="AdamW peak learning rate (the paper: 5e-5).")] = 5e-5,
-    warmup_steps: Annotated[int, typer.Option(min=0, help="Linear warmup steps, then a constant rate.")] = 100,
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per step and worker.")] = 8,
-    num_workers: Annotated[int, typer.Option(min=1, help="Ray Train workers (DDP ranks).")] = 1,
-    address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local Ray.")] = None,
-    device: Annotated[str, typer.Option(help=_TRAIN_DEVICE_HELP)] = "auto",
+    warmup_steps: WarmupOption = 100,
+    batch_size: BatchSizeOption = 8,
+    num_workers: NumWorkersOption = 1,
+    address: AddressOption = None,
+    device: TrainDeviceOption = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the sample order, the wrist drops and the new embeddings.")] = 0,
-    wrist_drop: Annotated[float, typer.Option(min=0.0, max=1.0, help="Chance of leaving both wrist images out.")] = 0.5,
-    save_every: Annotated[int, typer.Option(min=1, help="Save (and make resumable) every N steps.")] = 500,
-    log_every: Annotated[int, typer.Option(min=1, help="Print progress every N steps.")] = 10,
-    overwrite: Annotated[bool, typer.Option(help="Discard a checkpoint at --out and start afresh.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    wrist_drop: WristDropOption = 0.5,
+    save_every: SaveEveryOption = 500,
+    log_every: LogEveryOption = 10,
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Train CLAP-NTP (METHOD.md §5) on exported shards with Ray Train (DDP), resumably."""
     from clap_data.training.ntp_train import NTPTrainSettings
@@ -60,23 +74,15 @@ def train_ntp(
     report = run_training(settings, num_workers=num_workers, address=address, device=device, overwrite=overwrite,
                           on_progress=lambda m: stderr.print(_progress_line(m), highlight=False))
     if as_json:
-        print(json.dumps({**report.__dict__, "ckpt": str(report.ckpt)}))
+        print_json(report)
         return
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    table.add_row("train", training_run_line(report, f"{report.num_workers} worker(s) ({report.device})"))
-    table.add_row("samples", f"{report.train_samples:,} training samples in {shards}; "
-                             f"{batch_size * num_workers} per step")
+    rows = [("samples", f"{report.train_samples:,} training samples in {shards}; {batch_size * num_workers} per step")]
     if report.last:
-        table.add_row("last", _progress_line(report.last))
-    table.add_row("act-vae", f"sha256 {report.act_vae_sha256[:16]}…; statistics "
-                             f"{', '.join(report.stats_ids.values()) or 'none'}")
-    table.add_row("checkpoint", f"{report.ckpt} (save_pretrained: load it with clap_data.training.NTPPolicy)")
-    stdout.print(table)
+        rows.append(("last", _progress_line(report.last)))
+    print_summary(report, rows, f"{report.ckpt} (save_pretrained: load it with clap_data.training.NTPPolicy)")
 
 
-def _check_split(split: str) -> None:
+def check_split(split: str) -> None:
     from clap_data.schemas.shards_v1 import HELDOUT_SPLIT, TRAIN_SPLIT
 
     if split not in (HELDOUT_SPLIT, TRAIN_SPLIT):
@@ -87,7 +93,7 @@ def _rate(value: float) -> str:
     return f"{value:.1%}"
 
 
-def _mse(value: float | None) -> str:
+def format_mse(value: float | None) -> str:
     return "—" if value is None else f"{value:.3e}"
 
 
@@ -105,7 +111,7 @@ def eval_ntp(
     """Token accuracy per slot and action MSE per DOF of greedy answers, against the most-frequent-token baseline."""
     from clap_data.training.ntp_eval import evaluate_ntp
 
-    _check_split(split)
+    check_split(split)
     started = time.perf_counter()
     report = evaluate_ntp(ckpt, shards, split, batch_size=batch_size, device=device, act_vae=act_vae)
     if as_json:
@@ -125,10 +131,10 @@ def eval_ntp(
     scores.add_row("token accuracy", _rate(report.token_accuracy), _rate(report.baseline_token_accuracy))
     for slot, mine, base in zip(report.slots, report.per_slot_accuracy, report.baseline_per_slot_accuracy, strict=True):
         scores.add_row(f"  {slot}", _rate(mine), _rate(base))
-    scores.add_row(f"action MSE ({report.scored_chunks:,} chunks)", _mse(report.mse_mean),
-                   _mse(report.baseline_mse_mean))
+    scores.add_row(f"action MSE ({report.scored_chunks:,} chunks)", format_mse(report.mse_mean),
+                   format_mse(report.baseline_mse_mean))
     for dof, mine in report.mse_per_dof.items():
-        scores.add_row(f"  {dof}", _mse(mine), _mse(report.baseline_mse_per_dof[dof]))
+        scores.add_row(f"  {dof}", format_mse(mine), format_mse(report.baseline_mse_per_dof[dof]))
     stdout.print(scores)
     better = report.mse_mean is not None and report.baseline_mse_mean is not None \
         and report.mse_mean < report.baseline_mse_mean and report.token_accuracy > report.baseline_token_accuracy
@@ -163,7 +169,7 @@ def predict_ntp(
     from clap_data.training.ntp_policy import NTPPolicy
     from clap_data.training.ntp_predict import predict_shard_sample
 
-    _check_split(split)
+    check_split(split)
     policy = NTPPolicy.from_pretrained(ckpt, act_vae=act_vae, device=device)
     p = predict_shard_sample(policy, ShardSet.open(shards), split, sample, sample_id)
     if as_json:
@@ -179,5 +185,5 @@ def predict_ntp(
     table.add_row("tokens", f"{p.tokens} ({hits}/{len(p.tokens)} equal to the sample's {p.truth_tokens})")
     table.add_row("chunk", "\n".join(_chunk_rows(p.actions, (0, 15, 31))))
     table.add_row("truth", "\n".join(_chunk_rows(p.truth_actions, (0, 15, 31))))
-    table.add_row("mse", f"{_mse(p.mse)} over the active arms' DOFs (robot units; the whole [32, 14] chunk)")
+    table.add_row("mse", f"{format_mse(p.mse)} over the active arms' DOFs (robot units; the whole [32, 14] chunk)")
     stdout.print(table, highlight=False)

@@ -15,7 +15,7 @@ from clap_data.cli.common import app, stderr, user_errors
 @app.command("serve", no_args_is_help=True)
 @user_errors
 def serve(
-    ckpt: Annotated[Path, typer.Option(help="The policy checkpoint folder (clap-data train ntp).")],
+    ckpt: Annotated[Path, typer.Option(help="The policy checkpoint folder (clap-data train ntp or train rf).")],
     host: Annotated[str, typer.Option(help="The interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="The TCP port (0: a free one, printed).")] = 8000,
     device: DeviceOption = "auto",

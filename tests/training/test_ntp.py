@@ -4,16 +4,11 @@ resume, ``NTPPolicy.predict``, malformed answers, ``eval ntp`` against an indepe
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import io
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -32,42 +27,20 @@ from clap_data.act_vae.decoding import detokenize
 from clap_data.actions import NormStats, mask_arms
 from clap_data.cli import app
 from clap_data.errors import ClapDataError
-from clap_data.factories.shards import write_ntp_shards
-from clap_data.factories.tiny_vlm import write_tiny_vlm
 from clap_data.models import ActVAE, save_model, text_tokens
 from clap_data.reference import openclap_stats_table
 from clap_data.schemas import shards_v1 as S
 from clap_data.training import NTPPolicy
 from clap_data.training.ntp_checkpoint import clear_ntp_checkpoint
 from clap_data.training.ntp_data import ShardSet, iter_samples, iter_training_batches
-from clap_data.training.ntp_train import WRITER_LOCK, NTPTrainSettings, train_loop
+from clap_data.training.ntp_train import train_loop
 from tests.conftest import TINY
 from tests.reference import reference_absolute
+from tests.training.ray_runs import RUN_STEPS, kill_mid_run
 
 runner = CliRunner()
 CLI = [sys.executable, "-c", "import clap_data.cli.ntp_commands; from clap_data.cli import main; main()"]
 STEP_LINE = re.compile(r"step (\d+)/\d+  loss (\S+)")
-
-
-@pytest.fixture(scope="module")
-def vlm(tmp_path_factory) -> Path:
-    return write_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def shards(tiny_ckpt, tmp_path_factory) -> Path:
-    return write_ntp_shards(tmp_path_factory.mktemp("shards") / "factory", tiny_ckpt)
-
-
-@pytest.fixture(scope="module")
-def trained(shards, vlm, tmp_path_factory) -> tuple[NTPTrainSettings, list[dict]]:
-    """100 steps in this process (about 20 s): enough for well-formed answers. Read only."""
-    out = tmp_path_factory.mktemp("ntp") / "ckpt"
-    settings = NTPTrainSettings(shards=str(shards), model=str(vlm), out=str(out), steps=100, batch_size=8,
-                                learning_rate=5e-3, warmup_steps=5, save_every=50, log_every=10)
-    metrics: list[dict] = []
-    train_loop(settings, report=metrics.append)
-    return settings, metrics
 
 
 def _rows(shards: Path, split: str) -> list[dict]:
@@ -161,53 +134,33 @@ def test_a_few_steps_lower_the_loss_and_the_checkpoint_records_what_it_needs(tra
 
 @pytest.fixture(scope="module")
 def ddp_run(ray_local, shards, vlm, tmp_path_factory):
-    """``train ntp`` for 6 steps on 2 Ray CPU workers (DDP, gloo), in this process. Read only."""
+    """``train ntp`` for RUN_STEPS steps on 2 Ray CPU workers (DDP, gloo), in this process. Read only."""
     out = tmp_path_factory.mktemp("ddp") / "ckpt"
-    result = runner.invoke(app, _train_args(shards, vlm, out, 6))
+    result = runner.invoke(app, _train_args(shards, vlm, out, RUN_STEPS))
     assert result.exit_code == 0, result.output
     return out, result.output
 
 
 def test_train_ntp_runs_ddp_on_two_ray_cpu_workers(ddp_run, shards, vlm):
     out, output = ddp_run
-    assert sorted(_losses(output)) == [1, 2, 3, 4, 5, 6]
-    assert "6 steps on 2 worker(s) (cpu)" in output and "4 per step" in output
+    assert sorted(_losses(output)) == list(range(1, RUN_STEPS + 1))
+    assert f"{RUN_STEPS} steps on 2 worker(s) (cpu)" in output and "4 per step" in output
     meta = json.loads((out / "training.json").read_text())
-    assert meta["world_size"] == 2 and meta["run"]["world_size"] == 2 and meta["step"] == 6
-    again = runner.invoke(app, _train_args(shards, vlm, out, 6))
-    assert again.exit_code == 0 and "already trained to 6 steps; nothing to do" in again.output
-
-
-def _writer_free(out: Path) -> bool:
-    with open(out / WRITER_LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return True
+    assert meta["world_size"] == 2 and meta["run"]["world_size"] == 2 and meta["step"] == RUN_STEPS
+    again = runner.invoke(app, _train_args(shards, vlm, out, RUN_STEPS))
+    assert again.exit_code == 0 and f"already trained to {RUN_STEPS} steps; nothing to do" in again.output
 
 
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_the_batches_and_losses_of_an_uninterrupted_run(ddp_run, shards, vlm, tmp_path):
     straight, straight_output = ddp_run
     out = tmp_path / "killed"
-    process = subprocess.Popen([*CLI, *_train_args(shards, vlm, out, 6)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env={**os.environ, "RAY_DATA_LOG_LEVEL": "ERROR"})
-    deadline = time.monotonic() + 240
-    while not (out / "training.json").is_file() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    deadline = time.monotonic() + 120  # its workers see the command gone before their next step, then let go
-    while not _writer_free(out) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    killed_at = int(torch.load(out / "training_state.pt", weights_only=True)["extra"]["step"])
-    assert 2 <= killed_at < 6, f"the run was killed at step {killed_at}, not inside the 6 steps"
-    resumed = runner.invoke(app, _train_args(shards, vlm, out, 6))
+    killed_at = kill_mid_run([*CLI, *_train_args(shards, vlm, out, RUN_STEPS)], out)
+    assert 2 <= killed_at < RUN_STEPS, f"the run was killed at step {killed_at}, not inside the {RUN_STEPS} steps"
+    resumed = runner.invoke(app, _train_args(shards, vlm, out, RUN_STEPS))
     assert resumed.exit_code == 0, resumed.output
     assert f"resumed from step {killed_at}" in resumed.output
-    after = set(range(killed_at + 1, 7))
+    after = set(range(killed_at + 1, RUN_STEPS + 1))
     assert set(_losses(resumed.output)) == after
     assert _losses(resumed.output) == {s: loss for s, loss in _losses(straight_output).items() if s in after}
     a, b = load_file(out / "model.safetensors"), load_file(straight / "model.safetensors")
@@ -339,3 +292,39 @@ def test_a_shard_folder_of_another_act_vae_is_refused(trained, shards, tmp_path)
     (copy / S.SHARD_MANIFEST).write_text(json.dumps(manifest))
     result = runner.invoke(app, ["eval", "ntp", "--ckpt", settings.out, "--shards", str(copy), "--device", "cpu"])
     assert result.exit_code == 1 and "another Act-VAE" in result.output
+
+
+def test_predict_ntp_acts_on_a_shard_sample_and_shows_its_truth(trained, shards, tiny_ckpt):
+    settings, _ = trained
+    policy = NTPPolicy.from_pretrained(settings.out, device="cpu")
+    rows = {r[S.SAMPLE_ID]: r for r in _rows(shards, S.HELDOUT_SPLIT)}
+    for sample in _heldout(shards, "S1-stationary"):  # the first sample the tiny policy answers well
+        try:
+            expected = policy.predict(sample["images"], sample[S.INSTRUCTION], "S1-stationary", sample[S.STATE],
+                                      sample[S.ARM_MASK])
+        except ClapDataError:
+            continue
+        break
+    else:
+        pytest.fail("no well-formed answer on the held-out S1 samples")
+    args = ["predict", "ntp", "--ckpt", settings.out, "--shards", str(shards), "--device", "cpu",
+            "--sample-id", sample[S.SAMPLE_ID]]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    row = rows[sample[S.SAMPLE_ID]]
+    assert got["tokens"] == expected["tokens"].tolist() and got["subtask"] == expected["subtask"]
+    assert np.array_equal(np.array(got["actions"]), expected["actions"])
+    assert got["truth_tokens"] == row[S.TOKENS] and got["truth_subtask"] == row[S.SUBTASK]
+    state, mask = np.asarray(row[S.STATE], np.float64), np.asarray(row[S.ARM_MASK], np.float64)
+    truth = mask_arms(reference_absolute(state, np.asarray(row[S.ACTIONS], np.float64).reshape(32, 14),
+                                         openclap_stats_table()["S1-stationary"]), mask)
+    assert np.allclose(got["truth_actions"], truth, atol=1e-6)
+    assert got["mse"] == pytest.approx(_wrapped_squared_error(expected["actions"], truth).mean(), rel=1e-9)
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0 and f"{sum(np.equal(got['tokens'], row[S.TOKENS]))}/8 equal" in shown.output
+    human = next(s for s in _heldout(shards, "human"))
+    refused = runner.invoke(app, [*args[:-1], human[S.SAMPLE_ID]])
+    assert refused.exit_code != 0 and "human video" in refused.output
+    missing = runner.invoke(app, [*args[:-2], "--sample", "9999"])
+    assert missing.exit_code != 0 and "there is no sample 9999" in missing.output

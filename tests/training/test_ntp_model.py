@@ -9,7 +9,6 @@ import torch
 from clap_data.errors import ClapDataError
 from clap_data.factories.tiny_vlm import write_tiny_vlm
 from clap_data.training.ntp_model import NEW_ROW_SCALE, add_action_tokens, load_vlm
-from clap_data.training.ntp_train import wrist_drops
 from clap_data.training.prompts import (
     IGNORE_INDEX,
     Prompt,
@@ -18,6 +17,7 @@ from clap_data.training.prompts import (
     parse_answer,
     prompt_images,
 )
+from clap_data.training.train_common import wrist_drops
 
 
 @pytest.fixture(scope="module")

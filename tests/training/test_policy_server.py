@@ -244,9 +244,9 @@ def test_serve_command_answers_then_stops_on_sigterm(trained, acting):
 
 
 def test_load_policy_names_the_kinds_it_knows(tmp_path):
-    (tmp_path / "training.json").write_text(json.dumps({"kind": "clap-rf"}))
-    with pytest.raises(ClapDataError, match=f"{tmp_path} is not a policy checkpoint .* names kind 'clap-rf'; "
-                                            "known kinds: clap-ntp"):
+    (tmp_path / "training.json").write_text(json.dumps({"kind": "clap-dit"}))
+    with pytest.raises(ClapDataError, match=f"{tmp_path} is not a policy checkpoint .* names kind 'clap-dit'; "
+                                            "known kinds: clap-ntp, clap-rf"):
         load_policy(tmp_path)
     with pytest.raises(ClapDataError, match="no training.json names its kind"):
         load_policy(tmp_path / "missing")
