@@ -1,0 +1,72 @@
+"""Where one episode's conversion goes: ``clap_data.conversion.convert_episode`` (what an ingest's Ray worker runs
+per episode) under cProfile, in this process, on real-size Astribot episodes from the factory.
+
+The ingest benchmark (``bench/ingest.py``) times the pipeline end to end against a raw loop; this says how much of
+an episode's cost is its own conversion (read, validate, video staging, image statistics, staging writes) — the
+part a worker pays per episode whatever Ray does around it — and which calls inside it cost most. Episodes: 640 ×
+360 HEVC (libx265, keyframe every 2 frames, as the real wrists), ``--frames`` frames, the two wrist cameras, the
+factory's pose columns; the first episode is a warm-up, not profiled. Prints frames/s on one core and the
+``--top`` calls by cumulative time. Never run by ``make test``.
+
+    python bench/profile_conversion.py [--episodes 6] [--frames 257] [--size 640x360] [--top 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from clap_data.conversion import VideoOptions, convert_episode
+from clap_data.factories.astribot import write_astribot_dataset
+from clap_data.sources.astribot import AstribotSource
+from clap_data.staging import StagingArea
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=6, help="episodes (the first is a warm-up)")
+    parser.add_argument("--frames", type=int, default=257, help="frames per episode")
+    parser.add_argument("--size", default="640x360", help="WIDTHxHEIGHT of both wrist cameras")
+    parser.add_argument("--top", type=int, default=25, help="calls listed, by cumulative time")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "out" / "profile_conversion")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    width, height = (int(v) for v in args.size.split("x"))
+    src = args.out.resolve() / f"src_{args.episodes}x{args.frames}_{args.size}"
+    if not src.is_dir():
+        write_astribot_dataset(src, episode_lengths=[args.frames] * args.episodes, cameras=("left", "right"),
+                               video_size=(width, height), reuse_videos=True)
+    out = args.out.resolve() / "dataset"
+    shutil.rmtree(out, ignore_errors=True)
+    staging = StagingArea(out)
+    shutil.rmtree(staging.root, ignore_errors=True)
+    source = AstribotSource(src)
+    with staging.locked(False, lambda *_args, **_kwargs: None):
+        staging.prepare({"bench": "profile_conversion"}, discard_mismatch=True)
+        refs = source.list_episodes()
+        convert_episode(source, refs[0], staging, VideoOptions())
+        profile = cProfile.Profile()
+        started = time.perf_counter()
+        profile.enable()
+        frames = sum(convert_episode(source, ref, staging, VideoOptions()).frames for ref in refs[1:])
+        profile.disable()
+        seconds = time.perf_counter() - started
+    shutil.rmtree(staging.root, ignore_errors=True)
+    print(f"{len(refs) - 1} episodes, {frames:,} frames, 2 cameras {args.size}: {seconds:.2f} s under cProfile, "
+          f"{frames / seconds:,.0f} frames/s on one core")
+    pstats.Stats(profile).sort_stats("cumulative").print_stats(args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
