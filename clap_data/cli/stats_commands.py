@@ -255,10 +255,13 @@ def _cells(usage: Any, transitions: Any, k: int) -> list[str]:
 _HEADERS = ["codes used", "dead", "entropy bits", "perplexity", "same next", "H(next|code)", "top codes"]
 
 
+GROUP_WIDTH = 24  # a group's name (a task can be a sentence) folds beyond this, so the numbers keep their room
+
+
 def _table(title: str, headers: list[str]) -> Table:
     table = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
     for i, header in enumerate(headers):
-        table.add_column(header, overflow="fold", no_wrap=i == 0)
+        table.add_column(header, overflow="fold", max_width=GROUP_WIDTH if i == 0 else None)
     return table
 
 
