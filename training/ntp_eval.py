@@ -116,6 +116,20 @@ class DofTotals:
         return float(self.sums.sum() / self.counts.sum()) if self.counts.sum() else None
 
 
+def answered(policy: NTPPolicy, batch: list[dict[str, Any]]) -> list[tuple[str, NDArray[np.int64] | None]]:
+    """The policy's greedy answer to each sample (its prompt as when acting: no wrist dropping) and its parsed
+    storage-order tokens, None where the answer is malformed."""
+    prompts = [Prompt(prompt_images(s["images"]), s[EMBODIMENT], s[INSTRUCTION]) for s in batch]
+    out = []
+    for answer in policy.generate(prompts):
+        try:
+            tokens = parse_answer(answer, policy.num_queries, policy.codebook_size)[1].numpy().astype(np.int64)
+        except ClapDataError:
+            tokens = None
+        out.append((answer, tokens))
+    return out
+
+
 def evaluate_ntp(ckpt: Path, shards_dir: Path, split: str = HELDOUT_SPLIT, batch_size: int = 8,
                  device: str = "auto", act_vae: Path | None = None) -> NTPEvalReport:
     """Score the checkpoint on ``split`` of the shards (see the module docstring)."""
@@ -130,13 +144,8 @@ def evaluate_ntp(ckpt: Path, shards_dir: Path, split: str = HELDOUT_SPLIT, batch
     policy_dofs, baseline_dofs = DofTotals(), DofTotals()
     predictions, robot, scored = [], 0, 0
     for batch in iter_samples(shards, split, batch_size):
-        prompts = [Prompt(prompt_images(s["images"]), s[EMBODIMENT], s[INSTRUCTION]) for s in batch]
-        for sample, answer in zip(batch, policy.generate(prompts), strict=True):
+        for sample, (answer, tokens) in zip(batch, answered(policy, batch), strict=True):
             truth_tokens = np.asarray(sample[TOKENS], dtype=np.int64)
-            try:
-                tokens = parse_answer(answer, nq, policy.codebook_size)[1].numpy().astype(np.int64)
-            except ClapDataError:
-                tokens = None
             predictions.append({"sample_id": sample[SAMPLE_ID], "answer": answer,
                                 "tokens": None if tokens is None else tokens.tolist()})
             baseline_hits += baseline == truth_tokens

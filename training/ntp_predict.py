@@ -48,20 +48,29 @@ class ShardPrediction:
     mse: float | None  # over the active arms' DOFs, Euler angle differences wrapped
 
 
+def _read_row(file: pq.ParquetFile, row: int) -> dict[str, Any]:
+    """Row ``row`` of ``file``, reading only the row group that holds it (a shard is hundreds of MB of images)."""
+    ends = np.cumsum([file.metadata.row_group(g).num_rows for g in range(file.metadata.num_row_groups)])
+    group = int(np.searchsorted(ends, row, side="right"))
+    first = int(ends[group - 1]) if group else 0
+    return rows_to_samples(file.read_row_group(group).slice(row - first, 1))[0]
+
+
 def read_shard_sample(shards: ShardSet, split: str, index: int | None = None,
                       sample_id: str | None = None) -> dict[str, Any]:
-    """One sample of ``split``: the ``index``-th in file order, or the one whose ``sample_id`` is given."""
+    """One sample of ``split``: the ``index``-th in file order, or the one whose ``sample_id`` is given (found
+    from the id column alone)."""
     seen = 0
     for path in shards.files(split):
         file = pq.ParquetFile(path)
         if sample_id is not None:
             ids = file.read(columns=[SAMPLE_ID]).column(0).to_pylist()
             if sample_id in ids:
-                return rows_to_samples(file.read().slice(ids.index(sample_id), 1))[0]
+                return _read_row(file, ids.index(sample_id))
             continue
         rows = file.metadata.num_rows
         if index is not None and index < seen + rows:
-            return rows_to_samples(file.read().slice(index - seen, 1))[0]
+            return _read_row(file, index - seen)
         seen += rows
     if sample_id is not None:
         raise ClapDataError(f"{shards.root}/{split} has no sample {sample_id!r}")

@@ -17,6 +17,7 @@ The NTP side is computed once per distinct starting checkpoint.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,9 @@ from clap_data.errors import ClapDataError
 from clap_data.schemas.shards_v1 import ARM_MASK, EMBODIMENT, HELDOUT_SPLIT, INSTRUCTION, STATE
 from clap_data.training.forgetting import answer_scores
 from clap_data.training.ntp_data import ShardSet, iter_samples
-from clap_data.training.ntp_eval import DofTotals, ground_truth_chunk, squared_error
+from clap_data.training.ntp_eval import DofTotals, answered, ground_truth_chunk, squared_error
 from clap_data.training.ntp_model import ActionVocabulary
 from clap_data.training.ntp_policy import NTPPolicy
-from clap_data.training.prompts import Prompt, parse_answer, prompt_images
 from clap_data.training.rf_policy import RFPolicy
 
 
@@ -64,32 +64,30 @@ class RFEvalReport:
         return dataclasses.asdict(self)
 
 
-def _robot_samples(shards: ShardSet, split: str, batch_size: int) -> list[list[dict[str, Any]]]:
-    batches = [[s for s in batch if s[EMBODIMENT] != HUMAN] for batch in iter_samples(shards, split, batch_size)]
-    batches = [batch for batch in batches if batch]
-    if not batches:
-        raise ClapDataError(f"{shards.root}/{split} holds no robot sample to act on")
-    return batches
+def _robot_batches(shards: ShardSet, split: str, batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    """The split's robot samples, batch by batch, read afresh on every call (memory bounded by one batch, however
+    large the split)."""
+    for batch in iter_samples(shards, split, batch_size):
+        robots = [s for s in batch if s[EMBODIMENT] != HUMAN]
+        if robots:
+            yield robots
 
 
-def _rf_actions(policy: RFPolicy, shards: ShardSet, batches: list[list[dict[str, Any]]], seed: int) -> ActionScores:
-    totals = DofTotals()
-    for sample in (s for batch in batches for s in batch):
+def _rf_actions(policy: RFPolicy, shards: ShardSet, split: str, batch_size: int, seed: int) -> ActionScores:
+    totals, chunks = DofTotals(), 0
+    for sample in (s for batch in _robot_batches(shards, split, batch_size) for s in batch):
         out = policy.predict(sample["images"], sample[INSTRUCTION], sample[EMBODIMENT], sample[STATE],
                              sample[ARM_MASK], seed=seed)
         totals.add(squared_error(out["actions"], ground_truth_chunk(sample, shards)), sample[ARM_MASK])
-    chunks = sum(len(batch) for batch in batches)
+        chunks += 1
     return ActionScores(chunks, totals.mean(), totals.per_dof())
 
 
-def _ntp_actions(policy: NTPPolicy, shards: ShardSet, batches: list[list[dict[str, Any]]]) -> ActionScores:
+def _ntp_actions(policy: NTPPolicy, shards: ShardSet, split: str, batch_size: int) -> ActionScores:
     totals, chunks, malformed = DofTotals(), 0, 0
-    for batch in batches:
-        prompts = [Prompt(prompt_images(s["images"]), s[EMBODIMENT], s[INSTRUCTION]) for s in batch]
-        for sample, answer in zip(batch, policy.generate(prompts), strict=True):
-            try:
-                tokens = parse_answer(answer, policy.num_queries, policy.codebook_size)[1].numpy()
-            except ClapDataError:
+    for batch in _robot_batches(shards, split, batch_size):
+        for sample, (_, tokens) in zip(batch, answered(policy, batch), strict=True):
+            if tokens is None:
                 malformed += 1
                 continue
             chunks += 1
@@ -106,7 +104,8 @@ def evaluate_rf(ckpts: list[Path], shards_dir: Path, split: str = HELDOUT_SPLIT,
                 device: str = "auto", seed: int = 0) -> RFEvalReport:
     """Score every checkpoint of ``ckpts`` on ``split`` of the shards (see the module docstring)."""
     shards = ShardSet.open(Path(shards_dir))
-    batches = _robot_samples(shards, split, batch_size)
+    if not shards.robot_count(split):
+        raise ClapDataError(f"{shards_dir}/{split} holds no robot sample to act on")
     starts: dict[str, tuple[ActionScores, dict[str, Any]]] = {}
     results = []
     for ckpt in ckpts:
@@ -120,13 +119,13 @@ def evaluate_rf(ckpts: list[Path], shards_dir: Path, split: str = HELDOUT_SPLIT,
             ntp = NTPPolicy.from_pretrained(init, device=device)
             before = answer_scores(ntp.model, ntp.processor, _vocabulary(ntp.meta), shards, split,
                                    ntp.num_queries, batch_size).to_dict()
-            starts[init] = (_ntp_actions(ntp, shards, batches), before)
+            starts[init] = (_ntp_actions(ntp, shards, split, batch_size), before)
             del ntp
         after = answer_scores(policy.model.vlm, policy.processor, _vocabulary(meta), shards, split,
                               int(meta["num_queries"]), batch_size).to_dict()
         ntp_actions, before = starts[init]
         results.append(RFCheckpointEval(str(ckpt), meta["mode"], float(meta["km_alpha"]), init,
-                                        _rf_actions(policy, shards, batches, seed), ntp_actions, before, after))
+                                        _rf_actions(policy, shards, split, batch_size, seed), ntp_actions, before, after))
         del policy
     return RFEvalReport(str(shards_dir), split, seed, results)
 

@@ -31,6 +31,11 @@ from clap_data.cli.train_options import (
 _MODEL_HELP = "The vision-language model to start from: a transformers folder or hub id (Qwen2.5-VL, Qwen3-VL, …)."
 
 
+ShardsOption = Annotated[Path, typer.Option(help="The shard folder (clap-data export).")]
+SplitOption = Annotated[str, typer.Option(help="heldout or train.")]
+ActVAEOverrideOption = Annotated[Path | None, typer.Option(help="The Act-VAE folder, if not the recorded one.")]
+
+
 def _model_source(model: str) -> str:
     """A local folder as an absolute path (the run's identity must not depend on the working directory)."""
     return str(Path(model).absolute()) if Path(model).exists() else model
@@ -44,7 +49,7 @@ def _progress_line(m: dict[str, Any]) -> str:
 @train_app.command("ntp", no_args_is_help=True)
 @user_errors
 def train_ntp(
-    shards: Annotated[Path, typer.Option(help="The shard folder (clap-data export).")],
+    shards: ShardsOption,
     model: Annotated[str, typer.Option(help=_MODEL_HELP)],
     out: Annotated[Path, typer.Option(help="Checkpoint folder (save_pretrained + training state); rerunning resumes.")],
     steps: StepsOption = 1000,
@@ -101,9 +106,9 @@ def format_mse(value: float | None) -> str:
 @user_errors
 def eval_ntp(
     ckpt: Annotated[Path, typer.Option(help="The CLAP-NTP checkpoint folder (clap-data train ntp).")],
-    shards: Annotated[Path, typer.Option(help="The shard folder (clap-data export).")],
-    split: Annotated[str, typer.Option(help="heldout or train.")] = "heldout",
-    act_vae: Annotated[Path | None, typer.Option(help="The Act-VAE folder, if not the recorded one.")] = None,
+    shards: ShardsOption,
+    split: SplitOption = "heldout",
+    act_vae: ActVAEOverrideOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts generated together.")] = 8,
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report (with every prediction) as JSON.")] = False,
@@ -154,10 +159,10 @@ def _chunk_rows(actions: Any, steps: tuple[int, ...]) -> list[str]:
 def predict_ntp(
     ckpt: Annotated[Path, typer.Option(help="The CLAP-NTP checkpoint folder (clap-data train ntp).")],
     shards: Annotated[Path, typer.Option(help="The shard folder (clap-data export) whose sample to act on.")],
-    split: Annotated[str, typer.Option(help="heldout or train.")] = "heldout",
+    split: SplitOption = "heldout",
     sample: Annotated[int, typer.Option(min=0, help="The sample's position in the split (file order).")] = 0,
     sample_id: Annotated[str | None, typer.Option(help="Or the sample's id: DATASET_ID/EPISODE_ID/FRAME.")] = None,
-    act_vae: Annotated[Path | None, typer.Option(help="The Act-VAE folder, if not the recorded one.")] = None,
+    act_vae: ActVAEOverrideOption = None,
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the prediction and the truth as JSON.")] = False,
 ) -> None:

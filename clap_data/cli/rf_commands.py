@@ -12,7 +12,7 @@ from rich.table import Table
 from clap_data.cli import train_options as opts
 from clap_data.cli.act_vae_commands import DeviceOption, eval_app, train_app
 from clap_data.cli.common import stderr, stdout, user_errors
-from clap_data.cli.ntp_commands import check_split, format_mse
+from clap_data.cli.ntp_commands import ShardsOption, SplitOption, check_split, format_mse
 
 _ALPHA_HELP = "Knowledge Matching weight α (default 0.005; 0: plain fine-tuning, no reference model)."
 _MODES = {"km": "Knowledge Matching (α = {alpha:g}) against the frozen NTP model; backbone and head train",
@@ -108,8 +108,8 @@ def _change(before: float | None, after: float | None, percent: bool) -> str:
 @user_errors
 def eval_rf(
     ckpt: Annotated[list[Path], typer.Option(help="CLAP-RF checkpoint folders (repeat: KM, KI, plain side by side).")],
-    shards: Annotated[Path, typer.Option(help="The shard folder (clap-data export).")],
-    split: Annotated[str, typer.Option(help="heldout or train.")] = "heldout",
+    shards: ShardsOption,
+    split: SplitOption = "heldout",
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per model call (NTP scores and decoding).")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the RF head's noise.")] = 0,
     device: DeviceOption = "auto",

@@ -328,3 +328,17 @@ def test_predict_ntp_acts_on_a_shard_sample_and_shows_its_truth(trained, shards,
     assert refused.exit_code != 0 and "human video" in refused.output
     missing = runner.invoke(app, [*args[:-2], "--sample", "9999"])
     assert missing.exit_code != 0 and "there is no sample 9999" in missing.output
+
+
+def test_a_shard_sample_is_read_from_its_row_group_alone(shards, tmp_path):
+    from clap_data.training.ntp_predict import _read_row, read_shard_sample
+
+    rows = _rows(shards, S.HELDOUT_SPLIT)
+    grouped = tmp_path / "grouped.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), grouped, row_group_size=5)
+    file = pq.ParquetFile(grouped)
+    assert file.metadata.num_row_groups == 5
+    assert [_read_row(file, i)[S.SAMPLE_ID] for i in range(len(rows))] == [r[S.SAMPLE_ID] for r in rows]
+    shard_set = ShardSet.open(shards)
+    assert read_shard_sample(shard_set, S.HELDOUT_SPLIT, index=7)[S.SAMPLE_ID] == rows[7][S.SAMPLE_ID]
+    assert read_shard_sample(shard_set, S.HELDOUT_SPLIT, sample_id=rows[3][S.SAMPLE_ID])[S.TOKENS] == rows[3][S.TOKENS]
