@@ -21,7 +21,9 @@ A worker reads each parquet row group its batches draw on once and drops it when
 since rows move fewer than ``shuffle_buffer`` places, about ``shuffle_buffer / rows per group + 2`` row groups are
 resident (the export writes groups of ~16 MiB). Each worker reads every row group of its rank (it needs a few rows
 of each): reading is cheap beside decoding, which is split among the workers. JPEGs are decoded only when a batch
-is assembled, into one uint8 tensor per camera, which reaches the trainer's process in shared memory.
+is assembled, into one uint8 tensor per camera: in a worker, into one of its reused shared-memory slots
+(``training/image_ring.py``: fresh shared memory per batch made the hand-over cost more than the decoding), copied
+out by the trainer's process.
 
 **Resuming**: ``iter_batches(root, epoch=e, start_step=s, batch_size=B, rank=r, world_size=n)`` yields batches
 ``s, s + 1, …`` of epoch ``e``; :func:`iter_steps` runs epoch after epoch from a global step. Keep ``seed``,
@@ -34,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from torchvision.io import decode_jpeg as _decode_jpeg
 
 from clap_data.errors import ClapDataError
 from clap_data.schemas import shards_v1 as shards
+from clap_data.training.image_ring import ImageRing, InSlot
 
 _TEXT_COLUMNS = (shards.SAMPLE_ID, shards.DATASET, shards.SOURCE_EPISODE_ID, shards.EMBODIMENT, shards.INSTRUCTION,
                  shards.SUBTASK, shards.TOKENS_TEXT, shards.TOKEN_SOURCE)
@@ -70,11 +73,12 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def decode_jpegs(images: list[bytes | None], height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """JPEG bytes (None: no image) → uint8 ``[N, height, width, 3]`` RGB (zeros where None) and which are present.
-    torchvision's decoder: the libjpeg-turbo pixels PIL gives, ~1.5× faster."""
+def decode_jpegs(images: list[bytes | None], height: int, width: int,
+                 out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """JPEG bytes (None: no image) → uint8 ``[N, height, width, 3]`` RGB (zeros where None), written into ``out``
+    when given, and which are present. torchvision's decoder: the libjpeg-turbo pixels PIL gives, ~1.5× faster."""
     mask = np.array([data is not None for data in images], dtype=bool)
-    out = _handed_over((len(images), height, width, 3))
+    out = _handed_over((len(images), height, width, 3)) if out is None else out
     pixels = out.numpy()
     pixels[~mask] = 0
     found = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in images if data is not None]
@@ -85,8 +89,8 @@ def decode_jpegs(images: list[bytes | None], height: int, width: int) -> tuple[t
 
 
 def _handed_over(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised uint8 tensor; in a DataLoader worker, made in shared memory, as ``default_collate`` makes
-    its output, so that handing it to the trainer's process copies nothing."""
+    """An uninitialised uint8 tensor; in a DataLoader worker that has no image ring (a ShardStream under a user's own
+    DataLoader), made in shared memory, as ``default_collate`` makes its output, so handing it over copies nothing."""
     if torch.utils.data.get_worker_info() is None:
         return torch.empty(shape, dtype=torch.uint8)
     storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(math.prod(shape))
@@ -265,7 +269,8 @@ def _matrix(table: pa.Table, name: str, dtype: type) -> torch.Tensor:
 
 
 def _batch(table: pa.Table, epoch: int, step: int, cameras: tuple[str, ...], image_size: tuple[int, int],
-           decode: bool) -> Batch:
+           decode: bool, into: Mapping[str, torch.Tensor] | None = None) -> Batch:
+    """The batch of ``table``'s rows; decoded images go into ``into``'s buffers where given."""
     def numbers(name: str, dtype: type) -> torch.Tensor:
         return torch.from_numpy(np.array(table.column(name).to_numpy(zero_copy_only=False), dtype=dtype))
 
@@ -273,7 +278,8 @@ def _batch(table: pa.Table, epoch: int, step: int, cameras: tuple[str, ...], ima
     for camera in cameras:
         data = table.column(shards.image_column(camera)).to_pylist()
         if decode:
-            images[camera], has_image[camera] = decode_jpegs(data, *image_size)
+            buffer = None if into is None else into[camera]
+            images[camera], has_image[camera] = decode_jpegs(data, *image_size, out=buffer)
         else:
             images[camera], has_image[camera] = data, torch.tensor([d is not None for d in data], dtype=torch.bool)
     return Batch(
@@ -332,6 +338,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.cameras = exported if cameras is None else tuple(cameras)
         self.image_size = (int(self.manifest["image"]["height"]), int(self.manifest["image"]["width"]))
         self.decode_images, self.endless = decode_images, endless
+        self.ring: ImageRing | None = None  # set by iter_batches / iter_steps before their workers fork
         self.weights = self._weights(mix)
         self._repeats = self._multiplicity() if self.weights else None
 
@@ -382,9 +389,10 @@ class ShardStream(torch.utils.data.IterableDataset):
             epoch, step = epoch + 1, step - steps
         return epoch, step
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Batch | InSlot]:
         """This worker's batches: the k-th batch of the iteration (k = 0 at ``(epoch, start_step)``) is worker
-        ``k % W``'s, so the DataLoader's round-robin yields them in order."""
+        ``k % W``'s, so the DataLoader's round-robin yields them in order. With an image ring (and in a worker), a
+        batch's images are decoded into the worker's next slot and the batch is sent as an :class:`InSlot`."""
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         epoch, first, offset = self.epoch, self.start_step, 0
@@ -397,8 +405,13 @@ class ShardStream(torch.utils.data.IterableDataset):
             if mine:
                 reader.expect(np.concatenate([plan.batch(step) for step in mine]))
             for step in mine:
-                yield _batch(reader.take(plan.batch(step)), epoch, step, self.cameras, self.image_size,
-                             self.decode_images)
+                table = reader.take(plan.batch(step))
+                if self.ring is None or info is None or not self.decode_images:
+                    yield _batch(table, epoch, step, self.cameras, self.image_size, self.decode_images)
+                    continue
+                slot, into = self.ring.take(worker, table.num_rows)
+                batch = _batch(table, epoch, step, self.cameras, self.image_size, True, into=into)
+                yield InSlot(replace(batch, images={}), worker, slot, table.num_rows)
             if not self.endless or plan.steps == 0:
                 return
             epoch, first, offset = epoch + 1, 0, offset + len(steps)
@@ -410,11 +423,17 @@ def keep_batch(batch: Batch) -> Batch:
 
 
 def _iterate(stream: ShardStream, num_workers: int, prefetch_factor: int) -> Iterator[Batch]:
+    """The stream's batches, in this process or from ``num_workers`` DataLoader workers that hand decoded images
+    over through an :class:`ImageRing` (see ``training/image_ring.py`` for why)."""
     if num_workers == 0:
         yield from stream
         return
-    yield from torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=keep_batch,
-                                           prefetch_factor=prefetch_factor)
+    if stream.decode_images:
+        stream.ring = ImageRing(workers=num_workers, prefetch_factor=prefetch_factor, cameras=stream.cameras,
+                                batch_size=stream.batch_size, image_size=stream.image_size)
+    for item in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=keep_batch,
+                                            prefetch_factor=prefetch_factor):
+        yield stream.ring.receive(item) if isinstance(item, InSlot) else item
 
 
 def iter_batches(

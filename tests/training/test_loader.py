@@ -4,6 +4,7 @@ remaining batches, mixing weights, bounded row-group residency, and batches that
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -133,8 +134,8 @@ def test_batches_hold_the_shard_values(shards):
                 assert np.array_equal(sample["images"][camera], decode_jpeg(data))
         humans += row[S.EMBODIMENT] == "human"
     assert 0 < humans < 16  # both kinds of sample, with and without wrist cameras
-    by_workers = next(iter(iter_batches(shards, epoch=0, batch_size=16, num_workers=1)))  # images in shared memory
-    assert by_workers.images["wrist_left"].is_shared() and by_workers.sample_id == batch.sample_id
+    by_workers = next(iter(iter_batches(shards, epoch=0, batch_size=16, num_workers=1)))  # through the image ring
+    assert not by_workers.images["wrist_left"].is_shared() and by_workers.sample_id == batch.sample_id
     assert all(torch.equal(by_workers.images[c], batch.images[c]) for c in S.CAMERAS_IN_PROMPT_ORDER)
     raw = next(iter(iter_batches(shards, epoch=0, batch_size=4, cameras=("head",), decode_images=False)))
     assert list(raw.images) == ["head"] and isinstance(raw.images["head"][0], bytes)
@@ -150,3 +151,15 @@ def test_held_out_split_and_refusals(shards, tmp_path):
         ShardStream(shards, batch_size=4, cameras=("wrist_middle",))
     with pytest.raises(ClapDataError, match="rank 2 is not in 0..1"):
         ShardStream(shards, batch_size=4, rank=2, world_size=2)
+
+
+def test_batches_kept_by_the_trainer_survive_the_workers_reusing_their_image_slots(shards):
+    """A worker has prefetch_factor + 2 image slots and reuses them round after round: batches the trainer keeps
+    must be copies, never views of a slot that is written again."""
+    steps = 14  # several rounds of a worker's 4 slots
+    alone = list(itertools.islice(iter_steps(shards, batch_size=5), steps))
+    kept = list(itertools.islice(iter_steps(shards, batch_size=5, num_workers=2, prefetch_factor=2), steps))
+    assert [b.sample_id for b in kept] == [b.sample_id for b in alone]
+    for ours, theirs in zip(kept, alone, strict=True):
+        assert all(torch.equal(ours.images[c], theirs.images[c]) for c in S.CAMERAS_IN_PROMPT_ORDER)
+    assert len({tuple(b.sample_id) for b in kept}) > 4 and any(b.images["head"].any() for b in kept)
