@@ -1,13 +1,20 @@
 """Benchmark the Astribot ingest pipeline against a raw read + remux loop on the same data.
 
-For each episode count, in a fresh process: generate an Astribot S1 dataset with the factory,
-time a single-process baseline that only reads the parquet columns the reader uses and
-stream-copies every video with plain PyAV, then time ``clap_data.pipelines.ingest.ingest`` on the
-same files, sampling the peak RSS of the driver and of the driver plus every descendant (Ray's
-GCS, raylet and workers). The numbers are printed and written into ``bench/RESULTS.md``. Never
-run by ``make test``.
+For each episode count, in a fresh process: write an Astribot S1 dataset, time a single-process baseline that only
+reads the parquet columns the reader uses and stream-copies every video with plain PyAV, then time
+``clap_data.pipelines.ingest.ingest`` on the same files, sampling the peak RSS of the driver and of the driver plus
+every descendant (Ray's GCS, raylet and workers), and break the pipeline's time down: Ray start and stop, listing,
+conversion (and, summed over the workers, its phases: read / validate / video / stats / staging), assembly,
+publishing. The numbers are printed and written into ``bench/RESULTS.md``. Never run by ``make test``.
 
-    python bench/ingest.py [--episodes 100,1000] [--frames 60] [--workers 2] [--size 64x48] [--out bench/out]
+Two configurations: ``--preset dev`` (the default: the factory's tiny 64×48 episodes of 60 frames, three cameras)
+and ``--preset real`` (real-size episodes: the shared real Astribot S1 episode — two 640×360 HEVC wrist videos, GOP
+2, 236 frames, its own pose columns — copied to each episode count; without ``../shared``, the factory's 640×360
+HEVC episodes of 257 frames, two wrist cameras). ``--src DIR`` measures a user's own Astribot folder instead, its
+episodes copied in turn up to each count of ``--episodes``.
+
+    python bench/ingest.py [--preset dev|real] [--src DIR] [--episodes 100,1000] [--frames 60] [--workers 2]
+                           [--size 64x48] [--out bench/out]
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +48,7 @@ from clap_data.factories.astribot import write_astribot_dataset
 from clap_data.pipelines.ingest import IngestRequest, ingest
 from clap_data.ray_runtime import _EMBEDDED_OBJECT_STORE_BYTES  # Ray started here matches the pipeline's own
 from clap_data.sources.astribot import _READ_COLUMNS, AstribotSource  # the baseline reads what the reader reads
+from clap_data.sources.base import Source
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_PATH = BENCH_DIR / "RESULTS.md"
@@ -99,6 +109,8 @@ class PipelineResult:
     convert_seconds: float
     assemble_seconds: float  # assembly, publish and clean-up
     ray_shutdown_seconds: float
+    step_seconds: dict[str, float]  # the report's: listing, converting, assembling, publishing (wall)
+    episode_phase_seconds: dict[str, float]  # the report's: each conversion phase, summed over the workers
     driver_start_mib: float
     driver_peak_mib: float
     tree_peak_mib: float
@@ -206,16 +218,32 @@ class PhaseClock:
         pass
 
 
+PRESETS = {  # --preset: the defaults it gives --episodes, --frames and --size
+    "dev": {"episodes": "100,1000", "frames": 60, "size": "64x48"},
+    "real": {"episodes": "40,400", "frames": 257, "size": "640x360"},
+}
+REAL_SAMPLE = BENCH_DIR.parent.parent / "shared" / "fixtures" / "astribot_s1_dummy"  # ../shared, where present
+REAL_CAMERAS = ("left", "right")  # the real sample's wrist cameras (its head camera's files are not shipped)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options of the module docstring; ``--size`` is WIDTHxHEIGHT because the factory takes it so."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", default="100,1000", help="comma-separated episode counts, one run each")
-    parser.add_argument("--frames", type=int, default=60, help="frames per episode")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="dev",
+                        help="dev: tiny factory episodes; real: real-size episodes (the shared real sample, copied)")
+    parser.add_argument("--src", type=Path, help="an Astribot folder to measure on, its episodes copied to each count")
+    parser.add_argument("--episodes", help="comma-separated episode counts, one run each (dev 100,1000; real 40,400)")
+    parser.add_argument("--frames", type=int, help="frames per factory episode (dev 60; real 257)")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (and num_cpus) for the pipeline")
-    parser.add_argument("--size", default="64x48", help="WIDTHxHEIGHT of every camera, as the factory takes it")
+    parser.add_argument("--size", help="WIDTHxHEIGHT of every factory camera (dev 64x48; real 640x360)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="scratch folder (gitignored bench/out)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size, write JSON
     args = parser.parse_args(argv)
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.src is None and args.preset == "real" and (REAL_SAMPLE / "meta" / "info.json").is_file():
+        args.src = REAL_SAMPLE
     args.episode_counts = [int(n) for n in args.episodes.split(",") if n]
     args.video_size = tuple(int(x) for x in args.size.lower().split("x"))
     return args
@@ -274,12 +302,18 @@ def run_baseline(root: Path, scratch: Path) -> BaselineResult:
 
 
 def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
-    """Ingest end to end, with Ray started here first so its start-up can be told apart."""
+    """Ingest the Astribot folder end to end (:func:`measure_pipeline`)."""
+    return measure_pipeline(lambda: AstribotSource(root), IngestRequest(out=out, overwrite=True, workers=workers), "astribot")
+
+
+def measure_pipeline(build: Callable[[], Source], request: IngestRequest, label: str) -> PipelineResult:
+    """Ingest end to end, with Ray started here first (``request.workers`` CPUs) so its start-up can be told apart;
+    every benchmark of an ingest measures through this. ``build`` makes the source once Ray is up."""
     clock = PhaseClock()
     with Monitor() as monitor:
         started = time.perf_counter()
         ray.init(
-            num_cpus=workers,
+            num_cpus=request.workers,
             include_dashboard=False,
             object_store_memory=_EMBEDDED_OBJECT_STORE_BYTES,
             logging_level=logging.ERROR,
@@ -287,7 +321,7 @@ def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
         )
         ray_ready = time.perf_counter()
         try:
-            report = ingest(AstribotSource(root), IngestRequest(out=out, overwrite=True, workers=workers), clock)
+            report = ingest(build(), request, clock)
         finally:
             ingested = time.perf_counter()
             ray.shutdown()
@@ -296,7 +330,7 @@ def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
         raise SystemExit("the pipeline's phase messages changed: update PhaseClock, the phase timings would be wrong")
     if report.quarantine or report.written != report.listed:
         reasons = "; ".join(q["reason"] for q in report.quarantine[:3])
-        raise SystemExit(f"the pipeline wrote {report.written} of {report.listed} episodes: {reasons}")
+        raise SystemExit(f"{label}: the pipeline wrote {report.written} of {report.listed} episodes: {reasons}")
     return PipelineResult(
         ray_init_seconds=ray_ready - started,
         ingest_seconds=finished - ray_ready,
@@ -307,6 +341,8 @@ def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
         convert_seconds=clock.assembling - clock.converting,
         assemble_seconds=ingested - clock.assembling,
         ray_shutdown_seconds=finished - ingested,
+        step_seconds=report.step_seconds,
+        episode_phase_seconds=report.episode_phase_seconds,
         driver_start_mib=monitor.driver_start / MIB,
         driver_peak_mib=monitor.driver_peak / MIB,
         tree_peak_mib=monitor.tree_peak / MIB,
@@ -315,22 +351,78 @@ def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
     )
 
 
-def run_size(episodes: int, args: argparse.Namespace) -> SizeResult:
-    """Generate one dataset, then measure the baseline and the pipeline on exactly those files."""
+def replicate_source(src: Path, dst: Path, episodes: int) -> str:
+    """Write an Astribot (LeRobot v2.0) folder of ``episodes`` episodes into ``dst``: byte copies of ``src``'s
+    episodes whose data file exists, taken in turn, with every camera whose videos all exist (the others are left out
+    of ``meta/info.json``, as a dataset without them would declare). Returns what was written, in words."""
+    meta = src / "meta"
+    info = json.loads((meta / "info.json").read_text())
+    chunk_size = int(info["chunks_size"])
+    listed = [json.loads(line) for line in (meta / "episodes.jsonl").read_text().splitlines() if line.strip()]
+
+    def files(index: int, root: Path, keys: list[str]) -> tuple[Path, list[Path]]:
+        where = {"episode_chunk": index // chunk_size, "episode_index": index}
+        return (root / info["data_path"].format(**where),
+                [root / info["video_path"].format(video_key=key, **where) for key in keys])
+
+    declared = [key for key, feature in info["features"].items() if feature.get("dtype") == "video"]
+    present = [e for e in listed if files(e["episode_index"], src, [])[0].is_file()]
+    keys = [key for key in declared if all(path.is_file() for e in present
+                                           for path in files(e["episode_index"], src, [key])[1])]
+    if not present or not keys:
+        raise SystemExit(f"{src} has no episode with its data file and videos to copy")
+    shutil.rmtree(dst, ignore_errors=True)
+    (dst / "meta").mkdir(parents=True)
+    rows = []
+    for index in range(episodes):
+        model = present[index % len(present)]
+        (data_from, videos_from), (data_to, videos_to) = files(model["episode_index"], src, keys), files(index, dst, keys)
+        for origin, copy in zip([data_from, *videos_from], [data_to, *videos_to], strict=True):
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(origin, copy)
+        rows.append({**model, "episode_index": index, "episode_chunk": index // chunk_size})
+    for extra in meta.iterdir():
+        if extra.name not in ("info.json", "episodes.jsonl"):
+            shutil.copyfile(extra, dst / "meta" / extra.name)
+    frames = sum(row["length"] for row in rows)
+    info.update(total_episodes=episodes, total_frames=frames, total_videos=episodes * len(keys),
+                total_chunks=(episodes - 1) // chunk_size + 1, splits={"train": f"0:{episodes}"},
+                features={k: v for k, v in info["features"].items() if k not in set(declared) - set(keys)})
+    (dst / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+    (dst / "meta" / "episodes.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return f"{episodes} episodes ({frames:,} frames) copied from the {len(present)} of {src}, cameras {', '.join(keys)}"
+
+
+def write_source(episodes: int, args: argparse.Namespace) -> tuple[Path, str]:
+    """The source folder of one size: copies of ``--src`` (or of the shared real sample), or the factory's."""
     out: Path = args.out.resolve()
-    source = out / f"astribot_{episodes}x{args.frames}"
-    print(f"\n== {episodes} episodes × {args.frames} frames: generating {source}", flush=True)
+    if args.src is not None:
+        source = out / f"astribot_copies_{episodes}"
+        return source, replicate_source(args.src.resolve(), source, episodes)
+    source = out / f"astribot_{episodes}x{args.frames}_{args.size}"
+    cameras = REAL_CAMERAS if args.preset == "real" else ("head", "left", "right")
+    write_astribot_dataset(source, episode_lengths=[args.frames] * episodes, cameras=cameras,
+                           video_size=args.video_size, reuse_videos=True, overwrite=True)
+    return source, f"{episodes} factory episodes × {args.frames} frames, cameras {', '.join(cameras)} at {args.size}"
+
+
+def run_size(episodes: int, args: argparse.Namespace) -> SizeResult:
+    """Write one dataset, then measure the baseline and the pipeline on exactly those files."""
+    out: Path = args.out.resolve()
+    print(f"\n== {episodes} episodes: writing the source", flush=True)
     started = time.perf_counter()
-    write_astribot_dataset(
-        source, episode_lengths=[args.frames] * episodes, video_size=args.video_size, reuse_videos=True, overwrite=True
-    )
-    print(f"   generated in {time.perf_counter() - started:.1f} s; baseline…", flush=True)
+    source, described = write_source(episodes, args)
+    os.sync()  # the copies' writeback must not land inside the timed baseline (it did: 4.4 s vs 11.3 s, same files)
+    print(f"   {described} in {time.perf_counter() - started:.1f} s; baseline…", flush=True)
     baseline = run_baseline(source, out)
     print(f"   baseline {baseline.seconds:.1f} s; pipeline…", flush=True)
-    pipeline = run_pipeline(source, out / f"v3_{episodes}x{args.frames}", args.workers)
+    pipeline = run_pipeline(source, out / f"v3_{source.name}", args.workers)
     print(f"   pipeline {pipeline.ray_init_seconds + pipeline.ingest_seconds:.1f} s", flush=True)
     if pipeline.frames != baseline.frames:
         raise SystemExit(f"the pipeline wrote {pipeline.frames} frames, the baseline read {baseline.frames}")
+    shutil.rmtree(out / f"v3_{source.name}", ignore_errors=True)
+    if args.src is not None:
+        shutil.rmtree(source, ignore_errors=True)  # copies: gigabytes at real size
     return SizeResult(episodes, baseline, pipeline)
 
 
@@ -354,17 +446,23 @@ def throughput_table(results: list[SizeResult]) -> str:
 
 
 def phases_table(results: list[SizeResult]) -> str:
-    """Where the pipeline's time goes, and how busy other processes kept the machine meanwhile."""
+    """Where the pipeline's time goes (wall seconds of each step; the workers' conversion seconds by phase), and how
+    busy other processes kept the machine meanwhile."""
+    phases = list(results[0].pipeline.episode_phase_seconds) if results else []
     lines = [
-        "| episodes | setup s | first episode after s | convert s | assemble + publish s | Ray shutdown s "
+        "| episodes | Ray init s | listing s | first episode after s | convert s | workers: "
+        + " / ".join(phases) + " s | assemble s | publish s | Ray shutdown s "
         "| other processes, baseline (cores) | other processes, pipeline (cores) |",
-        "|" + "---:|" * 8,
+        "|" + "---:|" * 11,
     ]
     for r in results:
         p = r.pipeline
+        split = " / ".join(f"{p.episode_phase_seconds[name]:.1f}" for name in phases)
         lines.append(
-            f"| {r.episodes} | {p.setup_seconds:.2f} | {p.first_episode_seconds:.2f} | {p.convert_seconds:.2f} "
-            f"| {p.assemble_seconds:.2f} | {p.ray_shutdown_seconds:.2f} | {r.baseline.other_cores:.2f} | {p.other_cores:.2f} |"
+            f"| {r.episodes} | {p.ray_init_seconds:.2f} | {p.step_seconds.get('listing', 0):.2f} "
+            f"| {p.first_episode_seconds:.2f} | {p.convert_seconds:.2f} | {split} "
+            f"| {p.step_seconds.get('assembling', 0):.2f} | {p.step_seconds.get('publishing', 0):.2f} "
+            f"| {p.ray_shutdown_seconds:.2f} | {r.baseline.other_cores:.2f} | {p.other_cores:.2f} |"
         )
     return "\n".join(lines)
 
@@ -387,7 +485,10 @@ def memory_table(results: list[SizeResult]) -> str:
 
 def config_key(args: argparse.Namespace) -> str:
     """Identifies a configuration: re-running it replaces its section in RESULTS.md."""
-    return f"episodes={args.episodes} frames={args.frames} workers={args.workers} size={args.size}"
+    if args.preset == "dev" and args.src is None:
+        return f"episodes={args.episodes} frames={args.frames} workers={args.workers} size={args.size}"
+    what = f"src={args.src}" if args.src is not None else f"frames={args.frames} size={args.size}"
+    return f"preset={args.preset} episodes={args.episodes} {what} workers={args.workers}"
 
 
 def results_section(args: argparse.Namespace, command: str, machine: dict[str, str], results: list[SizeResult]) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import logging
 import shlex
 import struct
 import subprocess
@@ -42,7 +41,6 @@ import av
 import h5py
 import numpy as np
 import pyarrow.parquet as pq
-import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import (  # noqa: E402  the Astribot benchmark's measuring helpers
@@ -50,17 +48,16 @@ from ingest import (  # noqa: E402  the Astribot benchmark's measuring helpers
     SAMPLE_SECONDS,
     BaselineResult,
     Monitor,
-    PhaseClock,
     PipelineResult,
     machine_description,
+    measure_pipeline,
     remux,
     update_results,
 )
 
 from clap_data.conversion import VideoOptions  # noqa: E402
 from clap_data.factories.ego4d import clip_path, scaled_ego4d_plan  # noqa: E402  light: the baseline needs the plan
-from clap_data.pipelines.ingest import IngestRequest, ingest  # noqa: E402
-from clap_data.ray_runtime import _EMBEDDED_OBJECT_STORE_BYTES  # noqa: E402  as bench/ingest.py does
+from clap_data.pipelines.ingest import IngestRequest  # noqa: E402
 from clap_data.sources.registry import SourceOptions, build_source  # noqa: E402
 from clap_data.tfrecord import parse_example  # noqa: E402  protobuf decoding only; framing is read here
 
@@ -271,34 +268,10 @@ def run_baseline(source: str, root: Path, scratch: Path, args: argparse.Namespac
 
 
 def run_pipeline(source: str, root: Path, out: Path, args: argparse.Namespace) -> PipelineResult:
-    """ingest() end to end, Ray started just before it (as bench/ingest.py does) so its start-up is apart."""
-    clock = PhaseClock()
+    """Ingest the source end to end (``ingest.measure_pipeline``); the re-encoding sources with ``--codec``."""
     video = VideoOptions(codec=args.codec) if source in REENCODES else VideoOptions()
-    with Monitor() as monitor:
-        started = time.perf_counter()
-        ray.init(num_cpus=args.workers, include_dashboard=False, object_store_memory=_EMBEDDED_OBJECT_STORE_BYTES,
-                 logging_level=logging.ERROR, log_to_driver=False)
-        ray_ready = time.perf_counter()
-        try:
-            adapter = build_source(REGISTRY_NAME[source], root, SourceOptions())
-            report = ingest(adapter, IngestRequest(out=out, overwrite=True, workers=args.workers, video=video), clock)
-        finally:
-            ingested = time.perf_counter()
-            ray.shutdown()
-            finished = time.perf_counter()
-    if not (clock.converting and clock.assembling and clock.first_episode):
-        raise SystemExit("the pipeline's phase messages changed: update PhaseClock in bench/ingest.py")
-    if report.quarantine or report.written != report.listed:
-        reasons = "; ".join(q["reason"] for q in report.quarantine[:3])
-        raise SystemExit(f"{source}: the pipeline wrote {report.written} of {report.listed} episodes: {reasons}")
-    return PipelineResult(
-        ray_init_seconds=ray_ready - started, ingest_seconds=finished - ray_ready, frames=report.frames,
-        episodes=report.written, setup_seconds=clock.converting - ray_ready,
-        first_episode_seconds=clock.first_episode - clock.converting, convert_seconds=clock.assembling - clock.converting,
-        assemble_seconds=ingested - clock.assembling, ray_shutdown_seconds=finished - ingested,
-        driver_start_mib=monitor.driver_start / MIB, driver_peak_mib=monitor.driver_peak / MIB,
-        tree_peak_mib=monitor.tree_peak / MIB, processes_peak=monitor.processes_peak, other_cores=monitor.other_cores,
-    )
+    request = IngestRequest(out=out, overwrite=True, workers=args.workers, video=video)
+    return measure_pipeline(lambda: build_source(REGISTRY_NAME[source], root, SourceOptions()), request, source)
 
 
 def generate_source(source: str, args: argparse.Namespace) -> None:
@@ -336,10 +309,11 @@ def run_source(source: str, args: argparse.Namespace) -> SourceResult:
 def table(results: list[SourceResult]) -> str:
     lines = [
         "| source | episodes | frames | baseline s | baseline frames/s | baseline episodes/s | Ray init s | pipeline s "
-        "| pipeline frames/s | pipeline episodes/s | **ratio** | ratio excl. Ray init | convert s | assemble + publish s "
+        "| pipeline frames/s | pipeline episodes/s | **ratio** | ratio excl. Ray init | convert s "
+        "| workers: read / validate / video / stats / staging s | assemble + publish s "
         "| baseline peak driver RSS MiB | pipeline peak driver RSS MiB | pipeline peak driver + Ray RSS MiB "
         "| other processes, baseline / pipeline (cores) |",
-        "|---|" + "---:|" * 17,
+        "|---|" + "---:|" * 18,
     ]
     for r in results:
         b, p = r.baseline, r.pipeline
@@ -348,7 +322,9 @@ def table(results: list[SourceResult]) -> str:
         lines.append(
             f"| {r.source} | {p.episodes} | {p.frames} | {b.seconds:.2f} | {b_fps:,.0f} | {b.episodes / b.seconds:,.1f} "
             f"| {p.ray_init_seconds:.2f} | {total:.2f} | {p_fps:,.0f} | {p.episodes / total:,.1f} | **{p_fps / b_fps:.3f}** "
-            f"| {x_fps / b_fps:.3f} | {p.convert_seconds:.2f} | {p.assemble_seconds:.2f} | {b.driver_peak_mib:,.0f} "
+            f"| {x_fps / b_fps:.3f} | {p.convert_seconds:.2f} "
+            f"| {' / '.join(f'{seconds:.1f}' for seconds in p.episode_phase_seconds.values())} "
+            f"| {p.assemble_seconds:.2f} | {b.driver_peak_mib:,.0f} "
             f"| {p.driver_peak_mib:,.0f} | {p.tree_peak_mib:,.0f} | {b.other_cores:.2f} / {p.other_cores:.2f} |"
         )
     return "\n".join(lines)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,27 @@ class EpisodeOutcome:
     file: str = ""
     reason: str = ""
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per EPISODE_PHASES name
+
+
+EPISODE_PHASES = ("read", "validate", "video", "stats", "staging")
+
+
+class PhaseTimes:
+    """Seconds an episode's conversion spends in each of :data:`EPISODE_PHASES` — reading the source, validating its
+    videos (probe, frame counts, decode check), writing video (copy or re-encode), image statistics, staging writes —
+    so that a slow ingest says where its time goes (the summary, ``--json``, ``bench/ingest.py``)."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(EPISODE_PHASES, 0.0)
+
+    @contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - started
 
 
 def staged_table_schema() -> pa.Schema:
@@ -97,9 +120,9 @@ def _frames_table(episode: CanonicalEpisode) -> pa.Table:
     )
 
 
-def _stage_window(window: VideoWindow, relative: str, frames: int, target: Path, fps: int, options: VideoOptions) -> None:
-    """Validate a camera's frames in a video file against the episode and write them, regular-timed.
-    A window that selects frames (a resampled episode) is re-encoded with just those frames."""
+def _validate_window(window: VideoWindow, relative: str, frames: int, options: VideoOptions) -> tuple[video.VideoProbe, int]:
+    """Check a camera's window of a video file against the episode's rows and prove it decodes; returns the file's
+    probe and how many of its frames the window spans."""
     probe = video.probe_video(window.path)
     if window.count is None and probe.frame_count != frames:
         raise EpisodeRejected(
@@ -117,40 +140,82 @@ def _stage_window(window: VideoWindow, relative: str, frames: int, target: Path,
             f"video file {relative} has {probe.frame_count} frames; the episode needs frames {window.start} to {window.start + count - 1}",
         )
     video.check_decodes(window.path, probe, full=options.full_decode, start=window.start, count=count)
-    if options.reencode or window.frames is not None or not probe.can_copy(window.start):
-        video.reencode(window.path, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop, options.crf,
-                       start=window.start, count=count, probe=probe, frames=window.frames)
-    else:
-        video.copy_window(window.path, target, probe, fps, start=window.start, count=count)
+    return probe, count
 
 
-def _stage_images(images: ImageSequence, relative: str, frames: int, target: Path, fps: int, options: VideoOptions) -> None:
+def _copied_at_assembly(window: VideoWindow, probe: video.VideoProbe, options: VideoOptions) -> bool:
+    """Whether assembly can copy the window's packets straight from the source file into the dataset's video file,
+    so that nothing is staged: a plain stream copy (no re-encoding, no frame selection) of a window that starts on
+    a keyframe of a stream without B-frames (its packets then come in display order, one per frame)."""
+    return not options.reencode and window.frames is None and probe.decode_delay == 0 and probe.can_copy(window.start)
+
+
+def _stage_window(window: VideoWindow, relative: str, frames: int, target: Path, fps: int, options: VideoOptions,
+                  times: PhaseTimes) -> dict[str, Any]:
+    """Validate a camera's frames in a video file against the episode; then either note where assembly will copy
+    them from, or write them to ``target`` (re-encoded, or stream-copied when their packets need reordering)."""
+    with times.timing("validate"):
+        probe, count = _validate_window(window, relative, frames, options)
+    if _copied_at_assembly(window, probe, options):
+        with times.timing("stats"):
+            pixels = image_stats(video.sample_keyframes(window.path, probe, IMAGE_STATS_KEYFRAMES, window.start, count))
+        version = window.path.stat()
+        copy_from = {"path": str(window.path.absolute()), "start_pts": probe.display_pts[window.start],
+                     "size": version.st_size, "mtime_ns": version.st_mtime_ns}
+        return _video_record(relative, probe, count, pixels, copy_from=copy_from)
+    with times.timing("video"):
+        if options.reencode or window.frames is not None or not probe.can_copy(window.start):
+            video.reencode(window.path, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop,
+                           options.crf, start=window.start, count=count, probe=probe, frames=window.frames)
+        else:
+            video.copy_window(window.path, target, probe, fps, start=window.start, count=count)
+    return _staged_video_record(relative, target, times)
+
+
+def _stage_images(images: ImageSequence, relative: str, frames: int, target: Path, fps: int, options: VideoOptions,
+                  times: PhaseTimes) -> dict[str, Any]:
     if len(images.images) != frames:
         raise EpisodeRejected("frame_count", relative, f"{relative} has {len(images.images)} images for {frames} rows")
-    video.encode_images(images.images, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop, options.crf)
+    with times.timing("video"):
+        video.encode_images(images.images, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop, options.crf)
+    return _staged_video_record(relative, target, times)
 
 
-def _stage_video(frames_from: VideoInput, relative: str, frames: int, target: Path, fps: int, options: VideoOptions) -> dict[str, Any]:
-    """Write one camera's frames of the episode to ``target`` and describe the written video."""
-    try:
-        if isinstance(frames_from, ImageSequence):
-            _stage_images(frames_from, relative, frames, target, fps, options)
-        else:
-            _stage_window(frames_from, relative, frames, target, fps, options)
+def _staged_video_record(relative: str, target: Path, times: PhaseTimes) -> dict[str, Any]:
+    """Describe a video written to the staging area (probed again: it is what assembly will append)."""
+    with times.timing("video"):
         written = video.probe_video(target)
-        pixels = image_stats(video.sample_keyframes(target, IMAGE_STATS_KEYFRAMES))
-    except video.VideoError as exc:
-        raise EpisodeRejected("bad_video", relative, f"{'' if isinstance(frames_from, ImageSequence) else 'video file '}{relative} {exc}") from None
-    return {
+    with times.timing("stats"):
+        pixels = image_stats(video.sample_keyframes(target, written, IMAGE_STATS_KEYFRAMES))
+    return _video_record(relative, written, written.frame_count, pixels)
+
+
+def _video_record(relative: str, probe: video.VideoProbe, frame_count: int, pixels: dict[str, np.ndarray],
+                  copy_from: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One camera's entry of the staged record. ``copy_from``: the source file (its size and modification time, so a
+    change is noticed) and the first frame's timestamp, when assembly copies the frames from there."""
+    record = {
         "source_file": relative,  # what a quarantine at assembly time names (check_episode)
         "image_stats": {name: value.tolist() for name, value in pixels.items()},
-        "frame_count": written.frame_count,
-        "codec": written.codec,
-        "width": written.width,
-        "height": written.height,
-        "pix_fmt": written.pix_fmt,
-        "fingerprint": written.codec_fingerprint,
+        "frame_count": frame_count,
+        "codec": probe.codec,
+        "width": probe.width,
+        "height": probe.height,
+        "pix_fmt": probe.pix_fmt,
+        "fingerprint": probe.codec_fingerprint,
     }
+    return record if copy_from is None else {**record, "copy_from": copy_from}
+
+
+def _stage_video(frames_from: VideoInput, relative: str, frames: int, target: Path, fps: int, options: VideoOptions,
+                 times: PhaseTimes) -> dict[str, Any]:
+    """One camera's frames of the episode, validated and staged (or noted for assembly to copy), described."""
+    try:
+        if isinstance(frames_from, ImageSequence):
+            return _stage_images(frames_from, relative, frames, target, fps, options, times)
+        return _stage_window(frames_from, relative, frames, target, fps, options, times)
+    except video.VideoError as exc:
+        raise EpisodeRejected("bad_video", relative, f"{'' if isinstance(frames_from, ImageSequence) else 'video file '}{relative} {exc}") from None
 
 
 def _describe_input(frames_from: VideoInput, source: Source, ref: EpisodeRef, camera: str) -> str:
@@ -178,41 +243,45 @@ def convert_episode(source: Source, ref: EpisodeRef, staging: StagingArea, optio
     staged = staging.staged_episode(ref)
     if staged is not None:
         return EpisodeOutcome(ref.order, ref.source_episode, "resumed", int(staged["frames"]))
-    staging.clear_quarantine(ref)  # this attempt replaces what an earlier one recorded (an error log too)
+    staging.forget_attempt(ref)  # this attempt replaces what an earlier one left (a stale episode, a quarantine, a log)
+    times = PhaseTimes()
     try:
-        episode = source.read_episode(ref)
+        with times.timing("read"):
+            episode = source.read_episode(ref)
         frames = len(episode.state)
         with building_dir(staging.episode_dir(ref)) as work:
             videos = {
                 camera: _stage_video(
                     frames_from, _describe_input(frames_from, source, ref, camera), frames,
-                    work / "videos" / f"{camera}.mp4", source.fps, options,
+                    work / "videos" / f"{camera}.mp4", source.fps, options, times,
                 )
                 for camera, frames_from in episode.videos.items()
             }
-            pq.write_table(_frames_table(episode), work / STAGED_FRAMES, compression="snappy")
-            record = {
-                "source_episode": ref.source_episode,
-                "order": ref.order,
-                "path": ref.path,
-                "frames": frames,
-                "tasks": list(dict.fromkeys(episode.tasks)),
-                "videos": videos,
-                "extra": episode.extra,
-            }
-            (work / STAGED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        return EpisodeOutcome(ref.order, ref.source_episode, "ok", frames, seconds=time.perf_counter() - started)
+            with times.timing("staging"):
+                pq.write_table(_frames_table(episode), work / STAGED_FRAMES, compression="snappy")
+                record = {
+                    "source_episode": ref.source_episode,
+                    "order": ref.order,
+                    "path": ref.path,
+                    "frames": frames,
+                    "tasks": list(dict.fromkeys(episode.tasks)),
+                    "videos": videos,
+                    "extra": episode.extra,
+                }
+                (work / STAGED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        return EpisodeOutcome(ref.order, ref.source_episode, "ok", frames, seconds=time.perf_counter() - started,
+                              phases=times.seconds)
     except EpisodeRejected as rejected:
         outcome = EpisodeOutcome(
             ref.order, ref.source_episode, "quarantined", 0, rejected.category, rejected.file or ref.path,
-            rejected.reason, time.perf_counter() - started,
+            rejected.reason, time.perf_counter() - started, times.seconds,
         )
     except Exception as exc:  # one unexpected episode must not sink a 100k-episode run
         logged = _log_internal_error(source, ref, staging)
         outcome = EpisodeOutcome(
             ref.order, ref.source_episode, "quarantined", 0, "internal_error", ref.path,
             f"unexpected error while converting {ref.path}: {type(exc).__name__}: {exc} ({logged})",
-            time.perf_counter() - started,
+            time.perf_counter() - started, times.seconds,
         )
-    staging.write_quarantine(ref, {k: v for k, v in asdict(outcome).items() if k not in ("status", "frames", "seconds")})
+    staging.write_quarantine(ref, {k: v for k, v in asdict(outcome).items() if k not in ("status", "frames", "seconds", "phases")})
     return outcome

@@ -82,13 +82,17 @@ class StagingArea:
         if not record.is_file():
             return None
         data = json.loads(record.read_text())
-        return data if data.get("source_episode") == ref.source_episode else None
+        if data.get("source_episode") != ref.source_episode or any(map(source_changed, data["videos"].values())):
+            return None
+        return data
 
     def write_quarantine(self, ref: EpisodeRef, record: dict[str, Any]) -> None:
         write_json_atomic(self.quarantine_dir / f"{ref.order:08d}.json", record)
 
-    def clear_quarantine(self, ref: EpisodeRef) -> None:
-        """Forget an earlier failure of ``ref`` (it is being converted again), its error log included."""
+    def forget_attempt(self, ref: EpisodeRef) -> None:
+        """Forget what an earlier attempt at ``ref`` left (it is being converted again): a staged episode that is no
+        longer valid (:meth:`staged_episode` refused it), a quarantine record, an error log."""
+        shutil.rmtree(self.episode_dir(ref), ignore_errors=True)
         (self.quarantine_dir / f"{ref.order:08d}.json").unlink(missing_ok=True)
         self.error_log(ref).unlink(missing_ok=True)
 
@@ -144,3 +148,16 @@ def check_output_folder(out: Path, overwrite: bool, is_ours: Callable[[Path], bo
         raise ClapDataError(f"--out {out} exists and is not a clap-data {what}; choose an empty or new folder")
     if not overwrite:
         raise ClapDataError(f"--out {out} already holds a {what}; add --overwrite to replace it")
+
+
+def source_changed(video_entry: dict[str, Any]) -> bool:
+    """Whether the source file that a staged camera entry says assembly copies from (``copy_from``) is gone or has
+    another size or modification time than when it was validated — the episode must then be converted again."""
+    copy_from = video_entry.get("copy_from")
+    if copy_from is None:
+        return False
+    try:
+        version = os.stat(copy_from["path"])
+    except OSError:
+        return True
+    return (version.st_size, version.st_mtime_ns) != (copy_from["size"], copy_from["mtime_ns"])

@@ -324,7 +324,10 @@ class VideoConcatenator:
     def duration_s(self) -> float:
         return self._next_tick / (self.fps * TICKS_PER_FRAME)
 
-    def append(self, src: Path, frame_count: int, fingerprint: str) -> tuple[float, float]:
+    def append(self, src: Path, frame_count: int, fingerprint: str, start_pts: int | None = None) -> tuple[float, float]:
+        """Append ``src`` (an episode's own video, regular-timed), or — with ``start_pts`` — the ``frame_count``
+        packets of ``src`` from the one at ``start_pts`` on (a stream without B-frames: its packets are its frames
+        in display order), frame i at the episode's start + i / fps."""
         time_base = Fraction(1, self.fps * TICKS_PER_FRAME)
         start_tick = self._next_tick
         with _open(src) as inp:
@@ -336,21 +339,45 @@ class VideoConcatenator:
                 self.fingerprint = fingerprint
             elif fingerprint != self.fingerprint:
                 raise VideoError("has other codec parameters than the file it would be appended to")
-            # The muxer may have stored the episode at a finer timescale than ours (mp4 raises
-            # timescales below 10000, e.g. 15 fps → 1/15360), so rescale instead of assuming ours.
-            scale = ist.time_base / time_base
-            for packet in inp.demux(ist):
-                if packet.size == 0:
-                    continue
-                pts, dts = packet.pts, packet.dts
-                packet.stream = self._stream
-                packet.time_base = time_base
-                packet.pts = start_tick + round(pts * scale)
-                packet.dts = start_tick + round(dts * scale)
-                packet.duration = TICKS_PER_FRAME
-                self._out.mux(packet)
+            if start_pts is None:
+                self._append_episode_file(inp, ist, start_tick, time_base)
+            else:
+                self._append_window(inp, ist, start_pts, frame_count, start_tick, time_base)
         self._next_tick = start_tick + frame_count * TICKS_PER_FRAME
         return start_tick / (self.fps * TICKS_PER_FRAME), self.duration_s
+
+    def _append_episode_file(self, inp: av.container.InputContainer, ist: av.video.stream.VideoStream,
+                             start_tick: int, time_base: Fraction) -> None:
+        # The muxer may have stored the episode at a finer timescale than ours (mp4 raises
+        # timescales below 10000, e.g. 15 fps → 1/15360), so rescale instead of assuming ours.
+        scale = ist.time_base / time_base
+        for packet in inp.demux(ist):
+            if packet.size == 0:
+                continue
+            pts, dts = packet.pts, packet.dts
+            self._mux(packet, start_tick + round(pts * scale), start_tick + round(dts * scale), time_base)
+
+    def _append_window(self, inp: av.container.InputContainer, ist: av.video.stream.VideoStream, start_pts: int,
+                       frame_count: int, start_tick: int, time_base: Fraction) -> None:
+        inp.seek(start_pts, stream=ist, backward=True, any_frame=False)
+        written = 0
+        for packet in inp.demux(ist):
+            if packet.size == 0 or packet.pts is None or packet.pts < start_pts:
+                continue
+            if written == frame_count:
+                break
+            tick = start_tick + written * TICKS_PER_FRAME
+            self._mux(packet, tick, tick, time_base)
+            written += 1
+        if written != frame_count:
+            raise VideoError(f"ends {frame_count - written} frames before the episode's last frame")
+
+    def _mux(self, packet: av.Packet, pts: int, dts: int, time_base: Fraction) -> None:
+        packet.stream = self._stream
+        packet.time_base = time_base
+        packet.pts, packet.dts = pts, dts
+        packet.duration = TICKS_PER_FRAME
+        self._out.mux(packet)
 
     def close(self) -> None:
         if self._out is not None:
@@ -358,25 +385,33 @@ class VideoConcatenator:
             self._out = None
 
 
-def sample_keyframes(path: Path, count: int, target_side: int = 150, threshold_side: int = 300) -> np.ndarray:
-    """Up to ``count`` keyframes spread over the video, as ``[k, H, W, 3]`` uint8.
+def sample_keyframes(path: Path, probe: VideoProbe, count: int, start: int = 0, length: int | None = None,
+                     target_side: int = 150, threshold_side: int = 300) -> np.ndarray:
+    """Up to ``count`` keyframes spread over frames ``[start, start + length)`` of the video (``probe`` is its probe:
+    it already knows where the keyframes are), as ``[k, H, W, 3]`` uint8.
 
     Keyframes decode on their own, so sampling them costs one decode each (a handful of
     milliseconds) instead of decoding the episode. Frames whose long side reaches
     ``threshold_side`` are strided down to about ``target_side``, as lerobot does for its image
     statistics.
     """
+    length = probe.frame_count - start if length is None else length
+    keyframes = sorted(rank for rank in probe.keyframe_ranks if start <= rank < start + length)
+    if not keyframes:
+        raise VideoError(f"has no keyframe in frames {start} to {start + length - 1}")
+    picks = sorted({keyframes[int(i)] for i in np.linspace(0, len(keyframes) - 1, min(count, len(keyframes)))})
+    frames = []
     with _open(path) as container:
         stream = container.streams.video[0]
-        keyframes = [p.pts for p in container.demux(stream) if p.size and p.is_keyframe and p.pts is not None]
-        picks = sorted({keyframes[int(i)] for i in np.linspace(0, len(keyframes) - 1, min(count, len(keyframes)))})
-        frames = []
-        for pts in picks:
-            container.seek(pts, stream=stream, backward=True, any_frame=False)
-            frame = next(iter(container.decode(stream))).to_ndarray(format="rgb24")
-            long_side = max(frame.shape[:2])
-            stride = long_side // target_side if long_side >= threshold_side else 1
-            frames.append(frame[::stride, ::stride])
+        try:
+            for rank in picks:
+                container.seek(probe.display_pts[rank], stream=stream, backward=True, any_frame=False)
+                frame = next(iter(container.decode(stream))).to_ndarray(format="rgb24")
+                long_side = max(frame.shape[:2])
+                stride = long_side // target_side if long_side >= threshold_side else 1
+                frames.append(frame[::stride, ::stride])
+        except (av.error.FFmpegError, StopIteration) as exc:
+            raise VideoError(f"keyframe {len(frames)} of {len(picks)} does not decode ({exc})") from exc
     return np.stack(frames)
 
 

@@ -2,8 +2,9 @@
 
 Three steps (DESIGN.md): list episodes on the driver (metadata only) → convert, validate and stage
 each episode on Ray workers (Ray Data ``map_batches``, streaming, so memory does not grow with the
-number of episodes) → assemble the v3 files from the staged episodes in source order and move the
-finished dataset onto ``--out`` in one rename. Every step can be interrupted and re-run.
+number of episodes) → assemble the v3 files from the staged episodes in source order — on the driver, while the
+workers convert, each episode as soon as all before it are settled — and move the finished dataset onto ``--out``
+in one rename. Every step can be interrupted and re-run.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import json
 import pickle
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from clap_data import __version__
 from clap_data.atomic import building_dir, write_json_atomic
-from clap_data.conversion import EpisodeOutcome, VideoOptions, convert_episode
+from clap_data.conversion import EPISODE_PHASES, STAGED_FRAMES, EpisodeOutcome, VideoOptions, convert_episode
 from clap_data.errors import ClapDataError, ExitCode
 from clap_data.lerobot_v3.column_update import ColumnUpdate
 from clap_data.lerobot_v3.writer import DatasetAssembler
@@ -59,6 +62,10 @@ class IngestReport:
     cameras: list[str] = field(default_factory=list)
     already_complete: bool = False
     error_log: str = ""  # the folder of the tracebacks of internal_error episodes, kept after the run
+    # Where the time went: wall seconds of each step (listing, converting, assembling, publishing) and, summed
+    # over the episodes converted in this run, the seconds of each conversion phase (EPISODE_PHASES) on the workers.
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    episode_phase_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(EPISODE_PHASES, 0.0))
 
     @property
     def exit_code(self) -> ExitCode:
@@ -108,34 +115,59 @@ def _convert_on_ray(
             yield EpisodeOutcome(**json.loads(str(text)))
 
 
-def _assemble(source: Source, refs: list[EpisodeRef], staging: StagingArea, clap_meta: dict[str, Any]) -> tuple[int, int, list[dict[str, str]]]:
-    """Build the v3 dataset in the staging area from staged episodes, in source order."""
-    quarantine = {int(r["order"]): r for r in staging.quarantine_records()}
-    with building_dir(staging.dataset_dir) as work:
-        assembler = DatasetAssembler(work, source.fps, source.embodiment, source.cameras)
-        for ref in refs:
-            record = staging.staged_episode(ref)
-            if record is None:
-                continue
-            problem = assembler.check_episode(record)
-            if problem:
-                camera, why = problem
-                video_file = record["videos"][camera]["source_file"]
-                quarantine[ref.order] = {
-                    "order": ref.order, "source_episode": ref.source_episode, "category": "inconsistent_video",
-                    "file": video_file, "reason": f"episode {ref.source_episode} ({video_file}): {why}",
-                }
-                continue
-            provenance = {
-                "dataset": source.name, "dataset_id": source_dataset_id(source.name, source.root),
-                "episode_id": ref.source_episode, "path": ref.path, **record["extra"],
+class _InOrderAssembly:
+    """Appends staged episodes to the v3 dataset in source order, each as soon as every episode before it is settled
+    (staged, or quarantined), so that assembly runs on the driver while the workers are still converting instead of
+    alone after them. The order is the source's whatever order the workers finish in, so the output is still a pure
+    function of the staged episodes (what makes a resumed run byte-identical); memory is the set of settled orders
+    not yet appended (bounded by how far the workers run ahead) plus the assembler's O(1) per file."""
+
+    def __init__(self, source: Source, refs: list[EpisodeRef], staging: StagingArea, work: Path):
+        self.source, self.refs, self.staging = source, refs, staging
+        self.assembler = DatasetAssembler(work, source.fps, source.embodiment, source.cameras)
+        self.rejected: dict[int, dict[str, Any]] = {}  # quarantined at assembly (inconsistent_video)
+        self._settled: set[int] = set()
+        self._next = 0
+
+    def settle(self, orders: Iterable[int]) -> None:
+        """These episodes are settled: append every episode whose turn has come."""
+        self._settled.update(orders)
+        while self._next < len(self.refs) and self.refs[self._next].order in self._settled:
+            ref = self.refs[self._next]
+            self._settled.discard(ref.order)
+            self._append(ref)
+            self._next += 1
+
+    def _append(self, ref: EpisodeRef) -> None:
+        record = self.staging.staged_episode(ref)
+        if record is None:  # quarantined by its worker
+            return
+        problem = self.assembler.check_episode(record)
+        if problem:
+            camera, why = problem
+            video_file = record["videos"][camera]["source_file"]
+            self.rejected[ref.order] = {
+                "order": ref.order, "source_episode": ref.source_episode, "category": "inconsistent_video",
+                "file": video_file, "reason": f"episode {ref.source_episode} ({video_file}): {why}",
             }
-            assembler.add_episode(staging.episode_dir(ref), record, provenance)
+            return
+        provenance = {
+            "dataset": self.source.name, "dataset_id": source_dataset_id(self.source.name, self.source.root),
+            "episode_id": ref.source_episode, "path": ref.path, **record["extra"],
+        }
+        staged = self.staging.episode_dir(ref)
+        self.assembler.add_episode(pq.read_table(staged / STAGED_FRAMES), record, provenance, staged)
+
+    def finish(self, clap_meta: dict[str, Any]) -> tuple[int, int, list[dict[str, str]]]:
+        """Append what is left (every episode is settled by now) and write the metadata; the episodes and frames
+        written and the quarantine, in source order."""
+        self.settle(ref.order for ref in self.refs)
+        quarantine = {int(r["order"]): r for r in self.staging.quarantine_records()} | self.rejected
         records = [quarantine[order] for order in sorted(quarantine)]
-        if assembler.episodes == 0:
+        if self.assembler.episodes == 0:
             raise _NothingWritten(records)
-        assembler.finish(clap_meta, records)
-    return assembler.episodes, assembler.frames, records
+        self.assembler.finish(clap_meta, records)
+        return self.assembler.episodes, self.assembler.frames, records
 
 
 class _NothingWritten(Exception):
@@ -163,6 +195,21 @@ def ingest(source: Source, request: IngestRequest, reporter: Reporter | None = N
     return report
 
 
+def _convert(source: Source, todo: list[EpisodeRef], staging: StagingArea, request: IngestRequest, reporter: Reporter,
+             report: IngestReport, assembly: _InOrderAssembly) -> None:
+    """Convert ``todo`` on Ray, handing each episode to the assembly as it comes back and counting its phases."""
+    with ray_session(request.address, request.workers):
+        reporter.start(report.listed, report.resumed)
+        try:
+            for outcome in _convert_on_ray(source, todo, staging, request.video, request.workers):
+                reporter.advance(outcome.status != "quarantined", outcome.frames)
+                for phase, seconds in outcome.phases.items():
+                    report.episode_phase_seconds[phase] += seconds
+                assembly.settle([outcome.order])
+        finally:
+            reporter.stop()
+
+
 def _ingest_locked(source: Source, request: IngestRequest, staging: StagingArea, reporter: Reporter) -> IngestReport:
     started = time.perf_counter()
     out = staging.out
@@ -174,6 +221,7 @@ def _ingest_locked(source: Source, request: IngestRequest, staging: StagingArea,
         return finished
     check_output_folder(out, request.overwrite, _is_clap_dataset, "dataset")
     staging.prepare(run_options, discard_mismatch=request.overwrite)
+    listing = time.perf_counter()
     refs = source.list_episodes()
     if not refs:
         raise ClapDataError(f"the source {source.root} lists no episodes")
@@ -181,34 +229,39 @@ def _ingest_locked(source: Source, request: IngestRequest, staging: StagingArea,
     report.notices = list(source.notices)  # listing may add some (e.g. unreadable shard headers)
     todo = [ref for ref in refs if staging.staged_episode(ref) is None]
     report.resumed = len(refs) - len(todo)
+    converting = time.perf_counter()
+    report.step_seconds["listing"] = converting - listing
     for notice in source.notices:
         reporter.phase(f"note: {notice}")
     reporter.phase(f"Converting {len(todo)} of {len(refs)} episodes" + (f" ({report.resumed} already staged)" if report.resumed else ""))
-    if todo:
-        with ray_session(request.address, request.workers):
-            reporter.start(len(refs), report.resumed)
-            try:
-                for outcome in _convert_on_ray(source, todo, staging, request.video, request.workers):
-                    reporter.advance(outcome.status != "quarantined", outcome.frames)
-            finally:
-                reporter.stop()
-    report.error_log = str(staging.logs_dir) if staging.has_error_logs() else ""
-    reporter.phase("Assembling the LeRobot v3.0 dataset")
-    clap_meta = {
-        "embodiment": source.embodiment,
-        "source": source.describe(),
-        "video": {"mode": "re-encode" if request.video.reencode else "stream-copy", **asdict(request.video)},
-        "notices": list(source.notices),
-    }
     try:
-        report.written, report.frames, report.quarantine = _assemble(source, refs, staging, clap_meta)
+        with building_dir(staging.dataset_dir) as work:
+            assembly = _InOrderAssembly(source, refs, staging, work)
+            converting_now = {ref.order for ref in todo}
+            assembly.settle(ref.order for ref in refs if ref.order not in converting_now)  # staged by an earlier run
+            if todo:
+                _convert(source, todo, staging, request, reporter, report, assembly)
+            assembling = time.perf_counter()
+            report.step_seconds["converting"] = assembling - converting  # the assembly done meanwhile included
+            report.error_log = str(staging.logs_dir) if staging.has_error_logs() else ""
+            reporter.phase("Assembling the LeRobot v3.0 dataset")
+            clap_meta = {
+                "embodiment": source.embodiment,
+                "source": source.describe(),
+                "video": {"mode": "re-encode" if request.video.reencode else "stream-copy", **asdict(request.video)},
+                "notices": list(source.notices),
+            }
+            report.written, report.frames, report.quarantine = assembly.finish(clap_meta)
     except _NothingWritten as nothing:
         report.quarantine = nothing.quarantine
         report.seconds = time.perf_counter() - started
         return report
-    report.seconds = time.perf_counter() - started
+    publishing = time.perf_counter()
+    report.step_seconds["assembling"] = publishing - assembling
     write_json_atomic(staging.root / _PUBLISHING, asdict(report))
     _publish(staging)
+    report.seconds = time.perf_counter() - started
+    report.step_seconds["publishing"] = time.perf_counter() - publishing
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,15 @@ def test_ingest_prints_summary_and_exits_3_for_quarantine(real_output):
     assert "episode_000001.parquet is missing" in result.output
     assert "camera head (images_dict.head.rgb)" in result.output
     assert "exit status 3" in result.output
+    # where the time went: the steps, and the workers' split of the one converted episode (validation and keyframe
+    # statistics decode video; the stream copy waits for assembly, so no time is spent writing video)
+    text = " ".join(result.output.split())  # the table may wrap the row
+    time_row = text[text.index(" time listing "):]
+    for step in ("listing", "converting", "assembling", "publishing"):
+        assert re.search(rf"{step} \d+\.\d s", time_row)
+    split = dict(re.findall(r"(read|validate|video|stats|staging) (\d+)%", time_row))
+    assert set(split) == {"read", "validate", "video", "stats", "staging"} and split["video"] == "0"
+    assert int(split["stats"]) > 0 and int(split["validate"]) > 0 and 95 <= sum(map(int, split.values())) <= 105
 
 
 def test_info_json_has_the_documented_fields(real_output, real_astribot):

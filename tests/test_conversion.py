@@ -46,10 +46,27 @@ class OneCameraSource:
 
 
 def convert(tmp_path: Path, frames_from: VideoInput, rows: int, options: VideoOptions = VideoOptions()):
+    """The outcome, and the head camera's video as assembly appends it to the dataset (:func:`assembled_video`)."""
     source = OneCameraSource(tmp_path, frames_from, rows)
     staging = StagingArea(tmp_path / "out")
     outcome = convert_episode(source, source.list_episodes()[0], staging, options)
-    return outcome, staging.episode_dir(source.list_episodes()[0]) / "videos" / "head.mp4"
+    return outcome, assembled_video(staging.episode_dir(source.list_episodes()[0]), tmp_path / "assembled.mp4")
+
+
+def assembled_video(episode_dir: Path, dst: Path) -> Path:
+    """The head camera's frames as assembly writes them into a dataset file — from the staged copy, or straight
+    from the source window the record names (``copy_from``) — alone in ``dst``; ``dst`` is not written for an
+    episode that staged nothing (quarantined)."""
+    record_file = episode_dir / "episode.json"
+    if not record_file.is_file():
+        return dst
+    entry = json.loads(record_file.read_text())["videos"]["head"]
+    copy_from = entry.get("copy_from")
+    joined = video.VideoConcatenator(dst, fps=30)
+    src = episode_dir / "videos" / "head.mp4" if copy_from is None else Path(copy_from["path"])
+    joined.append(src, entry["frame_count"], entry["fingerprint"], None if copy_from is None else copy_from["start_pts"])
+    joined.close()
+    return dst
 
 
 @pytest.fixture
@@ -61,6 +78,10 @@ def clip(tmp_path) -> Path:
 def test_keyframe_aligned_window_is_stream_copied_bit_exactly(tmp_path, clip):
     outcome, staged = convert(tmp_path, VideoWindow(clip, start=10, count=8), rows=8)
     assert outcome.status == "ok"
+    episode = tmp_path / ".out.clap-staging" / "episodes" / "00000000"
+    assert not (episode / "videos").exists()  # nothing staged: assembly copies the packets from the source
+    copy_from = json.loads((episode / "episode.json").read_text())["videos"]["head"]["copy_from"]
+    assert copy_from["path"] == str(clip) and copy_from["start_pts"] == video.probe_video(clip).display_pts[10]
     source_frames = [f.tobytes() for _, f in video.iter_rgb_frames(clip)][10:18]
     assert [f.tobytes() for _, f in video.iter_rgb_frames(staged)] == source_frames
     assert [t for t, _ in video.iter_rgb_frames(staged)] == pytest.approx([i / 30 for i in range(8)])
@@ -100,8 +121,8 @@ def test_image_sequence_is_encoded_one_frame_per_image(tmp_path):
     probe = video.probe_video(staged)
     assert (probe.frame_count, probe.width, probe.height) == (12, 48, 32)
     assert np.abs(np.array(gray_levels(staged)) - (30 + 9 * np.arange(12))).max() <= 2
-    record = json.loads((staged.parent.parent / "episode.json").read_text())
-    assert record["extra"] == {"kind": "test"}
+    record = json.loads((tmp_path / ".out.clap-staging/episodes/00000000/episode.json").read_text())
+    assert record["extra"] == {"kind": "test"} and "copy_from" not in record["videos"]["head"]
 
 
 def test_corrupt_image_and_wrong_image_count_are_rejected(tmp_path):
@@ -143,9 +164,39 @@ def test_unexpected_error_is_quarantined_with_its_traceback_in_the_episodes_log(
 
 
 def test_the_staged_record_names_each_cameras_source_file(tmp_path, clip):
-    _, staged = convert(tmp_path, VideoWindow(clip, start=10, count=8), rows=8)
-    record = json.loads((staged.parent.parent / "episode.json").read_text())
+    convert(tmp_path, VideoWindow(clip, start=10, count=8), rows=8)
+    record = json.loads((tmp_path / ".out.clap-staging/episodes/00000000/episode.json").read_text())
     assert record["videos"]["head"]["source_file"] == "clip.mp4"
-    _, staged = convert(tmp_path / "b", ImageSequence(tuple(jpeg(40) for _ in range(3))), rows=3)
-    record = json.loads((staged.parent.parent / "episode.json").read_text())
+    convert(tmp_path / "b", ImageSequence(tuple(jpeg(40) for _ in range(3))), rows=3)
+    record = json.loads((tmp_path / "b/.out.clap-staging/episodes/00000000/episode.json").read_text())
     assert record["videos"]["head"]["source_file"] == "episode0 camera head"
+
+
+def test_a_stream_with_b_frames_is_staged_as_a_copy_in_display_order(tmp_path):
+    """Packets of a B-frame stream come out of display order: assembly cannot take them one per frame from the
+    source, so the conversion stages a reordered copy (and the frames stay bit-identical)."""
+    clip = encode(tmp_path / "b.mp4", "libx264", frames=24, options={"bf": "2", "g": "8"})
+    assert video.probe_video(clip).decode_delay > 0
+    outcome, assembled = convert(tmp_path, VideoWindow(clip), rows=24)
+    assert outcome.status == "ok" and (tmp_path / ".out.clap-staging/episodes/00000000/videos/head.mp4").is_file()
+    assert [f.tobytes() for _, f in video.iter_rgb_frames(assembled)] == [f.tobytes() for _, f in video.iter_rgb_frames(clip)]
+
+
+def test_a_source_video_that_changes_after_validation_makes_the_episode_convert_again(tmp_path, clip):
+    source = OneCameraSource(tmp_path, VideoWindow(clip, start=0, count=30), 30)
+    staging, ref = StagingArea(tmp_path / "out"), source.list_episodes()[0]
+    assert convert_episode(source, ref, staging, VideoOptions()).status == "ok"
+    before = staging.staged_episode(ref)["videos"]["head"]["copy_from"]["start_pts"]
+    encode(clip, "libx265", frames=30, options=X265_NO_B, pts=lambda i: 40 + i)  # rewritten in place
+    assert staging.staged_episode(ref) is None  # stale: a rerun does not resume it
+    assert convert_episode(source, ref, staging, VideoOptions()).status == "ok"
+    copy_from = staging.staged_episode(ref)["videos"]["head"]["copy_from"]
+    assert copy_from["start_pts"] == video.probe_video(clip).display_pts[0] != before
+    assert copy_from["size"] == clip.stat().st_size
+
+
+def test_the_outcome_says_where_the_episodes_time_went(tmp_path, clip):
+    outcome, _ = convert(tmp_path, VideoWindow(clip, start=10, count=8), rows=8)
+    assert set(outcome.phases) == {"read", "validate", "video", "stats", "staging"}
+    assert outcome.phases["validate"] > 0 and outcome.phases["stats"] > 0 and outcome.phases["video"] == 0
+    assert sum(outcome.phases.values()) <= outcome.seconds

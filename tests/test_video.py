@@ -135,7 +135,7 @@ def test_av1_is_reported_by_its_codec_name_not_the_decoder(tmp_path):
 
 def test_sample_keyframes_spreads_over_the_video_and_strides_large_frames(tmp_path):
     src = encode(tmp_path / "gop2.mp4", "libx265", frames=20, options=X265_NO_B, size=(640, 360))
-    frames = video.sample_keyframes(src, count=4)
+    frames = video.sample_keyframes(src, video.probe_video(src), count=4)
     assert frames.shape == (4, 90, 160, 3)  # 640 // 150 = stride 4, as lerobot downsamples
     # keyframes are every second frame: 4 picks spread over keyframes 0, 2, …, 18
     levels = np.array([f.mean() for f in frames])

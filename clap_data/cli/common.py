@@ -33,6 +33,16 @@ stderr = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def split_list(value: str | None) -> list[str] | None:
+    """A comma-separated option (``--cameras head,wrist_left``) as its names; None when the option is absent."""
+    if value is None:
+        return None
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise typer.BadParameter("give at least one name, comma-separated")
+    return items
+
+
 def traceback_log_dir() -> Path:
     """Per-user, as the XDG base directory spec places state: ``$XDG_STATE_HOME/clap-data/logs``
     (``~/.local/state/clap-data/logs`` when unset). No output folder is known to every command."""

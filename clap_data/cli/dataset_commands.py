@@ -11,22 +11,13 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from clap_data.cli.common import app, stderr, stdout, user_errors
+from clap_data.cli.common import app, split_list, stderr, stdout, user_errors
 from clap_data.conversion import VideoOptions
 from clap_data.errors import ExitCode
 
 
-def _split_list(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    items = [item.strip() for item in value.split(",") if item.strip()]
-    if not items:
-        raise typer.BadParameter("give at least one name, comma-separated")
-    return items
-
-
 def _task_ids(value: str | None) -> list[int] | None:
-    items = _split_list(value)
+    items = split_list(value)
     if items is None:
         return None
     try:
@@ -49,6 +40,15 @@ def _video_options(full_decode: bool, resize: str | None, vcodec: str | None, go
     return VideoOptions(full_decode=full_decode, resize=size, codec=vcodec, gop=gop, crf=crf)
 
 
+def _where_the_time_went(steps: dict[str, float], phases: dict[str, float]) -> str:
+    """``listing 0.1 s · converting 30.2 s (read 8 %, validate 21 %, …) · …``: the steps' wall time, and how the
+    workers' conversion time splits among its phases."""
+    busy = sum(phases.values())
+    split = ", ".join(f"{name} {seconds / busy:.0%}" for name, seconds in phases.items()) if busy > 0 else ""
+    return " · ".join(f"{step} {seconds:.1f} s" + (f" (workers: {split})" if step == "converting" and split else "")
+                      for step, seconds in steps.items())
+
+
 def _print_ingest_summary(source_name: str, report: Any) -> None:
     status = report.exit_code
     table = Table.grid(padding=(0, 2))
@@ -64,6 +64,8 @@ def _print_ingest_summary(source_name: str, report: Any) -> None:
     rate = report.frames / report.seconds if report.seconds > 0 else 0.0
     table.add_row("frames", f"{report.frames:,} in {report.seconds:.1f} s ({rate:,.0f} frames/s)")
     table.add_row("cameras", ", ".join(report.cameras) or "none")
+    if report.step_seconds:
+        table.add_row("time", _where_the_time_went(report.step_seconds, report.episode_phase_seconds))
     for notice in report.notices:
         table.add_row("note", notice)
     if report.error_log:
@@ -129,7 +131,7 @@ def ingest(
     video = _video_options(full_decode, resize, vcodec, gop, crf)
     try:
         options = SourceOptions(
-            cameras=_split_list(cameras), min_frames=min_frames, tasks=_task_ids(tasks),
+            cameras=split_list(cameras), min_frames=min_frames, tasks=_task_ids(tasks),
             force_known_bad=force_known_bad, gripper_open_mm=gripper_open_mm, mapping=mapping, fps=fps,
         )
         source = build_source(source_name, src, options)

@@ -34,6 +34,7 @@ from clap_data.schemas import (
     frame_features,
     video_feature,
 )
+from clap_data.staging import source_changed
 
 _META_BATCH = 100  # divides layout.EPISODES_PER_META_FILE; bounds the rows of stats held in memory
 _STATS_FEATURES = ("observation.state", "action", "arm_mask", "timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -48,7 +49,7 @@ class _RollingVideo:
         self.cursor = layout.FileCursor()
         self._current: video.VideoConcatenator | None = None
 
-    def append(self, src: Path, frame_count: int, fingerprint: str) -> tuple[int, int, float, float]:
+    def append(self, src: Path, frame_count: int, fingerprint: str, start_pts: int | None) -> tuple[int, int, float, float]:
         if self._current is not None:
             full = self._current.dst.stat().st_size >= layout.VIDEO_FILE_SIZE_MB * 1024 * 1024
             if full or fingerprint != self._current.fingerprint:
@@ -59,7 +60,7 @@ class _RollingVideo:
             self._current = video.VideoConcatenator(
                 self.root / self.cursor.path(layout.VIDEO_PATH, video_key=self.video_key), self.fps
             )
-        start, end = self._current.append(src, frame_count, fingerprint)
+        start, end = self._current.append(src, frame_count, fingerprint, start_pts)
         return self.cursor.chunk_index, self.cursor.file_index, start, end
 
     def close(self) -> None:
@@ -109,9 +110,13 @@ class _RollingParquet:
 class DatasetAssembler:
     """Builds one v3 dataset in ``root`` (a staging directory, renamed into place by the caller)."""
 
-    def __init__(self, root: Path, fps: int, robot_type: str, cameras: tuple[str, ...]):
+    def __init__(self, root: Path, fps: int, robot_type: str, cameras: tuple[str, ...],
+                 extra_features: dict[str, dict[str, Any]] | None = None):
+        """``extra_features``: data columns beyond the unified frame features that every added episode's table
+        carries (a merge keeps the token columns), written as they come."""
         self.root, self.fps, self.robot_type, self.cameras = root, fps, robot_type, cameras
-        self.features = frame_features()
+        self.extra = dict(extra_features or {})
+        self.features = {**frame_features(), **self.extra}
         self.manifest = Manifest()
         self._data = _RollingParquet(root, layout.DATA_PATH, data_arrow_schema(self.features), self.manifest, layout.DATA_FILE_SIZE_MB << 20)
         self._meta = _RollingParquet(root, layout.EPISODES_PATH, None, self.manifest, 1 << 62, layout.EPISODES_PER_META_FILE)
@@ -142,10 +147,17 @@ class DatasetAssembler:
             problem = self._check_video_shape(camera, record["videos"][camera])
             if problem:
                 return camera, problem
+        for camera in self.cameras:
+            if source_changed(record["videos"][camera]):
+                return camera, ("it changed after it was validated (its size or modification time differs); "
+                                "rerun the ingest to convert the episode again")
         return None
 
-    def add_episode(self, staged_dir: Path, record: dict[str, Any], provenance: dict[str, str | int | float | bool]) -> None:
-        table = pq.read_table(staged_dir / "frames.parquet")
+    def add_episode(self, table: pa.Table, record: dict[str, Any], provenance: dict[str, str | int | float | bool],
+                    staged_dir: Path | None = None) -> None:
+        """Append one episode: ``table`` holds its rows (the staged columns, ``task`` as text, and the extra
+        features), ``record["videos"]`` each camera's video — copied from ``copy_from`` where given, else from the
+        staged copy in ``staged_dir``."""
         frames = table.num_rows
         episode_index = self.episodes
         task_index = np.array([self._tasks.setdefault(t, len(self._tasks)) for t in table.column("task").to_pylist()], dtype=np.int64)
@@ -160,6 +172,7 @@ class DatasetAssembler:
             "episode_index": pa.array(np.full(frames, episode_index, dtype=np.int64)),
             "index": pa.array(np.arange(self.frames, self.frames + frames, dtype=np.int64)),
             "task_index": pa.array(task_index),
+            **{name: table.column(name) for name in self.extra},
         }
         data_table = pa.table(columns, schema=self._data.schema)
         data_chunk, data_file = self._data.write(data_table)
@@ -175,8 +188,10 @@ class DatasetAssembler:
         }
         for camera in self.cameras:
             info = record["videos"][camera]
+            copy_from = info.get("copy_from")  # straight from the source file (conversion staged no copy)
+            src = Path(copy_from["path"]) if copy_from is not None else staged_dir / "videos" / f"{camera}.mp4"
             chunk, file, start, end = self._videos[camera].append(
-                staged_dir / "videos" / f"{camera}.mp4", info["frame_count"], info["fingerprint"]
+                src, info["frame_count"], info["fingerprint"], None if copy_from is None else copy_from["start_pts"]
             )
             key = camera_feature_key(camera)
             self._add_stats(row, key, {name: np.asarray(value) for name, value in info["image_stats"].items()})
