@@ -111,6 +111,7 @@ class PipelineResult:
     ray_shutdown_seconds: float
     step_seconds: dict[str, float]  # the report's: listing, converting, assembling, publishing (wall)
     episode_phase_seconds: dict[str, float]  # the report's: each conversion phase, summed over the workers
+    assembly_seconds: float  # the report's: the driver's time appending episodes (mostly during conversion)
     driver_start_mib: float
     driver_peak_mib: float
     tree_peak_mib: float
@@ -343,6 +344,7 @@ def measure_pipeline(build: Callable[[], Source], request: IngestRequest, label:
         ray_shutdown_seconds=finished - ingested,
         step_seconds=report.step_seconds,
         episode_phase_seconds=report.episode_phase_seconds,
+        assembly_seconds=report.assembly_seconds,
         driver_start_mib=monitor.driver_start / MIB,
         driver_peak_mib=monitor.driver_peak / MIB,
         tree_peak_mib=monitor.tree_peak / MIB,
@@ -451,16 +453,16 @@ def phases_table(results: list[SizeResult]) -> str:
     phases = list(results[0].pipeline.episode_phase_seconds) if results else []
     lines = [
         "| episodes | Ray init s | listing s | first episode after s | convert s | workers: "
-        + " / ".join(phases) + " s | assemble s | publish s | Ray shutdown s "
-        "| other processes, baseline (cores) | other processes, pipeline (cores) |",
-        "|" + "---:|" * 11,
+        + " / ".join(phases) + " s | driver: appending episodes s | assemble after the last episode s | publish s "
+        "| Ray shutdown s | other processes, baseline (cores) | other processes, pipeline (cores) |",
+        "|" + "---:|" * 12,
     ]
     for r in results:
         p = r.pipeline
         split = " / ".join(f"{p.episode_phase_seconds[name]:.1f}" for name in phases)
         lines.append(
             f"| {r.episodes} | {p.ray_init_seconds:.2f} | {p.step_seconds.get('listing', 0):.2f} "
-            f"| {p.first_episode_seconds:.2f} | {p.convert_seconds:.2f} | {split} "
+            f"| {p.first_episode_seconds:.2f} | {p.convert_seconds:.2f} | {split} | {p.assembly_seconds:.2f} "
             f"| {p.step_seconds.get('assembling', 0):.2f} | {p.step_seconds.get('publishing', 0):.2f} "
             f"| {p.ray_shutdown_seconds:.2f} | {r.baseline.other_cores:.2f} | {p.other_cores:.2f} |"
         )

@@ -310,10 +310,10 @@ def table(results: list[SourceResult]) -> str:
     lines = [
         "| source | episodes | frames | baseline s | baseline frames/s | baseline episodes/s | Ray init s | pipeline s "
         "| pipeline frames/s | pipeline episodes/s | **ratio** | ratio excl. Ray init | convert s "
-        "| workers: read / validate / video / stats / staging s | assemble + publish s "
+        "| workers: read / validate / video / stats / staging s | driver: appending episodes s | assemble + publish s "
         "| baseline peak driver RSS MiB | pipeline peak driver RSS MiB | pipeline peak driver + Ray RSS MiB "
         "| other processes, baseline / pipeline (cores) |",
-        "|---|" + "---:|" * 18,
+        "|---|" + "---:|" * 19,
     ]
     for r in results:
         b, p = r.baseline, r.pipeline
@@ -324,7 +324,7 @@ def table(results: list[SourceResult]) -> str:
             f"| {p.ray_init_seconds:.2f} | {total:.2f} | {p_fps:,.0f} | {p.episodes / total:,.1f} | **{p_fps / b_fps:.3f}** "
             f"| {x_fps / b_fps:.3f} | {p.convert_seconds:.2f} "
             f"| {' / '.join(f'{seconds:.1f}' for seconds in p.episode_phase_seconds.values())} "
-            f"| {p.assemble_seconds:.2f} | {b.driver_peak_mib:,.0f} "
+            f"| {p.assembly_seconds:.2f} | {p.assemble_seconds:.2f} | {b.driver_peak_mib:,.0f} "
             f"| {p.driver_peak_mib:,.0f} | {p.tree_peak_mib:,.0f} | {b.other_cores:.2f} / {p.other_cores:.2f} |"
         )
     return "\n".join(lines)

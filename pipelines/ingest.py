@@ -66,6 +66,7 @@ class IngestReport:
     # over the episodes converted in this run, the seconds of each conversion phase (EPISODE_PHASES) on the workers.
     step_seconds: dict[str, float] = field(default_factory=dict)
     episode_phase_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(EPISODE_PHASES, 0.0))
+    assembly_seconds: float = 0.0  # the driver's time appending episodes, most of it while the workers convert
 
     @property
     def exit_code(self) -> ExitCode:
@@ -128,6 +129,7 @@ class _InOrderAssembly:
         self.rejected: dict[int, dict[str, Any]] = {}  # quarantined at assembly (inconsistent_video)
         self._settled: set[int] = set()
         self._next = 0
+        self.seconds = 0.0  # spent appending episodes
 
     def settle(self, orders: Iterable[int]) -> None:
         """These episodes are settled: append every episode whose turn has come."""
@@ -139,6 +141,13 @@ class _InOrderAssembly:
             self._next += 1
 
     def _append(self, ref: EpisodeRef) -> None:
+        started = time.perf_counter()
+        try:
+            self._append_staged(ref)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _append_staged(self, ref: EpisodeRef) -> None:
         record = self.staging.staged_episode(ref)
         if record is None:  # quarantined by its worker
             return
@@ -252,6 +261,7 @@ def _ingest_locked(source: Source, request: IngestRequest, staging: StagingArea,
                 "notices": list(source.notices),
             }
             report.written, report.frames, report.quarantine = assembly.finish(clap_meta)
+            report.assembly_seconds = assembly.seconds
     except _NothingWritten as nothing:
         report.quarantine = nothing.quarantine
         report.seconds = time.perf_counter() - started

@@ -43,6 +43,7 @@ def test_ingest_prints_summary_and_exits_3_for_quarantine(real_output):
     split = dict(re.findall(r"(read|validate|video|stats|staging) (\d+)%", time_row))
     assert set(split) == {"read", "validate", "video", "stats", "staging"} and split["video"] == "0"
     assert int(split["stats"]) > 0 and int(split["validate"]) > 0 and 95 <= sum(map(int, split.values())) <= 105
+    assert re.search(r"the driver appended episodes for \d+\.\d s of it", time_row)
 
 
 def test_info_json_has_the_documented_fields(real_output, real_astribot):

@@ -40,13 +40,15 @@ def _video_options(full_decode: bool, resize: str | None, vcodec: str | None, go
     return VideoOptions(full_decode=full_decode, resize=size, codec=vcodec, gop=gop, crf=crf)
 
 
-def _where_the_time_went(steps: dict[str, float], phases: dict[str, float]) -> str:
-    """``listing 0.1 s · converting 30.2 s (read 8 %, validate 21 %, …) · …``: the steps' wall time, and how the
-    workers' conversion time splits among its phases."""
+def _where_the_time_went(steps: dict[str, float], phases: dict[str, float], assembly: float) -> str:
+    """``listing 0.1 s · converting 30.2 s (workers: read 8 %, validate 21 %, …) · …``: the steps' wall time, how
+    the workers' conversion time splits among its phases, and the driver's time appending episodes (mostly while
+    the workers convert)."""
     busy = sum(phases.values())
     split = ", ".join(f"{name} {seconds / busy:.0%}" for name, seconds in phases.items()) if busy > 0 else ""
-    return " · ".join(f"{step} {seconds:.1f} s" + (f" (workers: {split})" if step == "converting" and split else "")
+    line = " · ".join(f"{step} {seconds:.1f} s" + (f" (workers: {split})" if step == "converting" and split else "")
                       for step, seconds in steps.items())
+    return f"{line} · the driver appended episodes for {assembly:.1f} s of it"
 
 
 def _print_ingest_summary(source_name: str, report: Any) -> None:
@@ -65,7 +67,8 @@ def _print_ingest_summary(source_name: str, report: Any) -> None:
     table.add_row("frames", f"{report.frames:,} in {report.seconds:.1f} s ({rate:,.0f} frames/s)")
     table.add_row("cameras", ", ".join(report.cameras) or "none")
     if report.step_seconds:
-        table.add_row("time", _where_the_time_went(report.step_seconds, report.episode_phase_seconds))
+        table.add_row("time", _where_the_time_went(report.step_seconds, report.episode_phase_seconds,
+                                                   report.assembly_seconds))
     for notice in report.notices:
         table.add_row("note", notice)
     if report.error_log:
