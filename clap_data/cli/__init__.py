@@ -14,7 +14,7 @@ from clap_data.cli import export_commands  # noqa: F401  (registers export)
 from clap_data.cli import report_commands  # noqa: F401  (registers report)
 from clap_data.cli import hub_commands  # noqa: F401  (registers publish)
 from clap_data.cli import serve_commands  # noqa: F401  (registers serve)
-from clap_data.cli import merge_commands  # noqa: F401  (registers merge)
+from clap_data.cli import edit_commands  # noqa: F401  (registers merge and adopt)
 from clap_data.cli.common import app
 
 __all__ = ["app", "main"]

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3 import layout
+from clap_data.lerobot_v3.adopt import adopt_hint, edited_by_lerobot
 from clap_data.lerobot_v3.manifest import MANIFEST_PATH, Manifest
 from clap_data.schemas import TOKEN_COLUMNS, UnknownSchemaError, read_clap_meta
 
@@ -55,7 +56,7 @@ class DatasetMetadata:
         try:
             clap = read_clap_meta(root)
         except UnknownSchemaError as exc:
-            raise ClapDataError(str(exc)) from None
+            raise ClapDataError(adopt_hint(root) if edited_by_lerobot(root) else str(exc)) from None
         return cls(root, info, clap)
 
     @property

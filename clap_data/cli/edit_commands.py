@@ -1,4 +1,5 @@
-"""``clap-data merge``: one unified dataset from several (``clap_data.pipelines.merge``)."""
+"""Datasets edited as a whole: ``clap-data merge`` (several unified datasets into one, ``clap_data.pipelines.merge``)
+and ``clap-data adopt`` (a unified dataset rewritten by LeRobot's tools, ``clap_data.lerobot_v3.adopt``)."""
 
 from __future__ import annotations
 
@@ -46,4 +47,33 @@ def merge(
     if report.dropped_token_columns:
         table.add_row("dropped", ", ".join(report.dropped_token_columns) + " (not from one tokenizer in every dataset)")
     table.add_row("quarantine", f"{report.quarantined} episode(s) carried over from the inputs")
+    stdout.print(table)
+
+
+@app.command("adopt", no_args_is_help=True)
+@user_errors
+def adopt(
+    dataset: Annotated[Path, typer.Argument(metavar="DS", help="A unified dataset rewritten by LeRobot's tools.")],
+    wait: Annotated[bool, typer.Option(help="If another command holds the dataset, wait for it instead of refusing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+) -> None:
+    """Restore the clap-data metadata of a dataset that lerobot-edit-dataset or aggregate_datasets rewrote."""
+    from clap_data.lerobot_v3.adopt import adopt_dataset
+
+    report = adopt_dataset(dataset, wait=wait)
+    if as_json:
+        stdout.print_json(json.dumps(asdict(report)))
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("adopted", f"{report.dataset} ({report.episodes:,} episodes)")
+    table.add_row("provenance", "kept (source/* columns survived)" if report.provenance == "kept" else
+                  "reconstructed (LeRobot dropped it): source/dataset 'unknown', source/episode_id = the episode's index")
+    table.add_row("token columns", ", ".join(report.token_columns) or "none")
+    for column, why in report.stale_columns.items():
+        table.add_row("stale", f"{column}: {why}")
+    if report.quarantine_written:
+        table.add_row("quarantine", "none survived; an empty quarantine.parquet was written")
+    table.add_row("manifest", "rewritten: every command works on the dataset again (clap-data info, verify, stats, …)")
     stdout.print(table)

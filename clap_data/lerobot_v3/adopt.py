@@ -1,0 +1,163 @@
+"""Recognise a unified dataset that LeRobot's own tools edited, and restore its clap-data metadata (``clap-data adopt``).
+
+Why: ``lerobot-edit-dataset`` (merge, split, delete-episodes, remove-feature) and ``aggregate_datasets`` write a new
+LeRobot v3.0 dataset that keeps our frame columns, our token columns and the tokenizers' identities in
+``meta/info.json``, but not ``meta/clap_data.json``, the manifest, the quarantine or the ``source/*`` provenance
+columns of ``meta/episodes`` — so every clap-data command refused the result. Such a dataset is recognised by its
+feature set (:func:`edited_by_lerobot`), every command that refuses it says so and names ``clap-data adopt``, and
+:func:`adopt_dataset` writes what is missing:
+
+- ``meta/clap_data.json``: the embodiment (``robot_type``), ``source.adopted`` saying what happened, a notice;
+- provenance: ``source/*`` columns kept where lerobot kept them; where it dropped them, reconstructed as what is
+  known — ``source/dataset`` ``"unknown"``, ``source/episode_id`` the episode's index in this dataset — and every
+  row marked ``source/reconstructed``;
+- token columns: their identities stay (they are in ``meta/info.json``); ``pseudo_tokens`` is pixel-derived, and
+  lerobot re-encodes a video file when it drops episodes from it, which cannot be checked once our manifest is gone
+  — so it is listed under ``stale_columns`` (pseudo-label again to clear it; ``action_tokens`` come from the
+  actions, which lerobot copies, and stay valid);
+- an empty quarantine if there is none, and a new manifest of every file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clap_data import __version__
+from clap_data.atomic import temp_sibling, write_json_atomic
+from clap_data.errors import ClapDataError
+from clap_data.lerobot_v3 import layout
+from clap_data.lerobot_v3.manifest import MANIFEST_PATH, Manifest
+from clap_data.locking import dataset_lock
+from clap_data.schemas import (
+    CLAP_META_PATH,
+    PSEUDO_TOKENS,
+    QUARANTINE_SCHEMA,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    TOKEN_COLUMNS,
+    frame_features,
+)
+
+RECONSTRUCTED = "source/reconstructed"
+
+
+def _info(root: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((Path(root) / layout.INFO_PATH).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("features"), dict) else None
+
+
+def has_unified_features(info: dict[str, Any]) -> bool:
+    """Whether a LeRobot dataset's features include schema v1's frame features, as our writers define them."""
+    features = info.get("features", {})
+    return all(
+        name in features and features[name].get("dtype") == ft["dtype"] and list(features[name].get("shape", []))
+        == ft["shape"] and features[name].get("names") == ft["names"]
+        for name, ft in frame_features().items()
+    )
+
+
+def edited_by_lerobot(root: Path) -> bool:
+    """A LeRobot v3.0 dataset with the unified features but no ``meta/clap_data.json``: ours, rewritten by
+    LeRobot's tools."""
+    info = _info(root)
+    return (info is not None and str(info.get("codebase_version", "")).startswith("v3") and has_unified_features(info)
+            and not (Path(root) / CLAP_META_PATH).is_file())
+
+
+def adopt_hint(root: Path) -> str:
+    """The sentence every command gives for such a dataset."""
+    return (f"{root} is a unified dataset rewritten by LeRobot's tools (lerobot-edit-dataset, aggregate_datasets): "
+            f"it has clap-data's features but no {CLAP_META_PATH}; run `clap-data adopt {root}` to restore its "
+            "clap-data metadata")
+
+
+@dataclass
+class AdoptReport:
+    dataset: str
+    episodes: int = 0
+    provenance: str = ""  # "kept" | "reconstructed"
+    token_columns: list[str] = field(default_factory=list)
+    stale_columns: dict[str, str] = field(default_factory=dict)
+    quarantine_written: bool = False
+
+
+def adopt_dataset(root: Path, wait: bool = False) -> AdoptReport:
+    """Restore the clap-data metadata of a unified dataset edited by LeRobot's tools (see the module docstring)."""
+    root = Path(root).absolute()
+    with dataset_lock(root, exclusive=True, purpose="adopt", wait=wait):
+        info = _info(root)
+        if info is None:
+            raise ClapDataError(f"{root} is not a LeRobot dataset: {layout.INFO_PATH} is missing or unreadable")
+        if (root / CLAP_META_PATH).is_file():
+            raise ClapDataError(f"{root} already has {CLAP_META_PATH}: nothing to adopt")
+        if not str(info.get("codebase_version", "")).startswith("v3"):
+            raise ClapDataError(f"{root} is LeRobot {info.get('codebase_version')!r}; adopt reads v3.0 datasets")
+        if not has_unified_features(info):
+            raise ClapDataError(f"{root} does not have clap-data's unified features (observation.state, action, "
+                                "arm_mask, subtask as schema v1 defines them); ingest it with `clap-data ingest lerobot`")
+        report = AdoptReport(str(root), episodes=int(info.get("total_episodes") or 0))
+        report.provenance = _restore_provenance(root)
+        report.token_columns = [column for column in TOKEN_COLUMNS if column in info["features"]]
+        if PSEUDO_TOKENS in report.token_columns:
+            report.stale_columns[PSEUDO_TOKENS] = (
+                "pixel-derived, and LeRobot's tools may have re-encoded the videos (which cannot be checked without "
+                "the manifest they dropped): pseudo-label the dataset again")
+        quarantine = root / layout.QUARANTINE_PATH
+        if not quarantine.is_file():
+            pq.write_table(QUARANTINE_SCHEMA.empty_table(), quarantine)
+            report.quarantine_written = True
+        write_json_atomic(root / CLAP_META_PATH, _clap_meta(info, report))
+        manifest = Manifest.of_tree(root)
+        manifest.files.pop(MANIFEST_PATH, None)
+        manifest.write(root)
+    return report
+
+
+def _restore_provenance(root: Path) -> str:
+    """Give every episodes-metadata row ``source/*`` columns (kept, or reconstructed) and the reconstructed flag;
+    each file rewritten atomically. Returns ``"kept"`` or ``"reconstructed"``."""
+    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+    if not files:
+        raise ClapDataError(f"{root} has no episodes metadata (meta/episodes/)")
+    kept = "source/episode_id" in pq.read_schema(files[0]).names
+    for path in files:
+        table = pq.read_table(path)
+        rows = table.num_rows
+        if not kept:
+            index = table.column("episode_index").to_pylist()
+            for name, values in (("source/dataset", ["unknown"] * rows), ("source/dataset_id", ["unknown"] * rows),
+                                 ("source/episode_id", [str(i) for i in index]), ("source/path", [""] * rows)):
+                table = table.append_column(name, pa.array(values, pa.string()))
+        if RECONSTRUCTED in table.column_names:
+            table = table.drop_columns([RECONSTRUCTED])
+        table = table.append_column(RECONSTRUCTED, pa.array([not kept] * rows, pa.bool_()))
+        temporary = temp_sibling(path)
+        pq.write_table(table, temporary)
+        temporary.replace(path)
+    return "kept" if kept else "reconstructed"
+
+
+def _clap_meta(info: dict[str, Any], report: AdoptReport) -> dict[str, Any]:
+    notice = (f"adopted by clap-data {__version__}: rewritten by LeRobot's tools, which dropped {CLAP_META_PATH}; "
+              + ("per-episode provenance kept" if report.provenance == "kept" else
+                 "per-episode provenance was dropped and is reconstructed (source/dataset 'unknown', source/episode_id "
+                 "= the episode's index here; source/reconstructed marks it)"))
+    return {
+        "schema": SCHEMA_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "created_by": f"clap-data {__version__} (adopt)",
+        "embodiment": info.get("robot_type"),
+        "source": {"adopted": True, "edited_by": "lerobot", "provenance": report.provenance},
+        "video": {"mode": "unknown (written by LeRobot's tools)"},
+        "notices": [notice] + [f"{column} is stale: {why}" for column, why in report.stale_columns.items()],
+        "stale_columns": report.stale_columns,
+    }
