@@ -12,9 +12,12 @@ feature set (:func:`edited_by_lerobot`), every command that refuses it says so a
   known — ``source/dataset`` ``"unknown"``, ``source/episode_id`` the episode's index in this dataset — and every
   row marked ``source/reconstructed``;
 - token columns: their identities stay (they are in ``meta/info.json``); ``pseudo_tokens`` is pixel-derived, and
-  lerobot re-encodes a video file when it drops episodes from it, which cannot be checked once our manifest is gone
-  — so it is listed under ``stale_columns`` (pseudo-label again to clear it; ``action_tokens`` come from the
+  lerobot re-encodes a video file when it drops episodes from it: it is listed under ``stale_columns`` (pseudo-label
+  again to clear it) unless a previous manifest proves every video file unchanged (``action_tokens`` come from the
   actions, which lerobot copies, and stay valid);
+- a dataset that still has a ``meta/clap_data.json`` whose manifest its files no longer match (copied along, or
+  edited in place) is adopted the same way, keeping that file's source, tokenizers and video facts; an intact one
+  is refused (nothing to adopt).
 - an empty quarantine if there is none, and a new manifest of every file.
 """
 
@@ -31,6 +34,7 @@ import pyarrow.parquet as pq
 from clap_data import __version__
 from clap_data.atomic import temp_sibling, write_json_atomic
 from clap_data.errors import ClapDataError
+from clap_data.hashing import file_sha256
 from clap_data.lerobot_v3 import layout
 from clap_data.lerobot_v3.manifest import MANIFEST_PATH, Manifest
 from clap_data.locking import dataset_lock
@@ -97,8 +101,7 @@ def adopt_dataset(root: Path, wait: bool = False) -> AdoptReport:
         info = _info(root)
         if info is None:
             raise ClapDataError(f"{root} is not a LeRobot dataset: {layout.INFO_PATH} is missing or unreadable")
-        if (root / CLAP_META_PATH).is_file():
-            raise ClapDataError(f"{root} already has {CLAP_META_PATH}: nothing to adopt")
+        previous = _stale_clap_meta(root)
         if not str(info.get("codebase_version", "")).startswith("v3"):
             raise ClapDataError(f"{root} is LeRobot {info.get('codebase_version')!r}; adopt reads v3.0 datasets")
         if not has_unified_features(info):
@@ -107,19 +110,48 @@ def adopt_dataset(root: Path, wait: bool = False) -> AdoptReport:
         report = AdoptReport(str(root), episodes=int(info.get("total_episodes") or 0))
         report.provenance = _restore_provenance(root)
         report.token_columns = [column for column in TOKEN_COLUMNS if column in info["features"]]
-        if PSEUDO_TOKENS in report.token_columns:
-            report.stale_columns[PSEUDO_TOKENS] = (
-                "pixel-derived, and LeRobot's tools may have re-encoded the videos (which cannot be checked without "
-                "the manifest they dropped): pseudo-label the dataset again")
+        videos_changed = _videos_changed(root, previous)
+        if PSEUDO_TOKENS in report.token_columns and videos_changed:
+            report.stale_columns[PSEUDO_TOKENS] = videos_changed
         quarantine = root / layout.QUARANTINE_PATH
         if not quarantine.is_file():
             pq.write_table(QUARANTINE_SCHEMA.empty_table(), quarantine)
             report.quarantine_written = True
-        write_json_atomic(root / CLAP_META_PATH, _clap_meta(info, report))
+        write_json_atomic(root / CLAP_META_PATH, _clap_meta(info, report, previous))
         manifest = Manifest.of_tree(root)
         manifest.files.pop(MANIFEST_PATH, None)
         manifest.write(root)
     return report
+
+
+def _stale_clap_meta(root: Path) -> dict[str, Any] | None:
+    """The ``meta/clap_data.json`` a dataset still has when its files no longer match its manifest (LeRobot's tools
+    copied it along, or edited the dataset in place) — None when there is none; refuses an intact dataset."""
+    path = root / CLAP_META_PATH
+    if not path.is_file():
+        return None
+    manifest = Manifest.read(root) if (root / MANIFEST_PATH).is_file() else None
+    if manifest is not None and not manifest.size_problems(root):
+        raise ClapDataError(f"{root} is an intact clap-data dataset (its files match its manifest): nothing to adopt")
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return {**previous, "manifest_files": manifest.files if manifest else {}}
+
+
+def _videos_changed(root: Path, previous: dict[str, Any] | None) -> str:
+    """Why the videos may not be the ones the pixel-derived columns were computed on ("" when they provably are:
+    every video file still has the sha256 the previous manifest recorded)."""
+    recorded = (previous or {}).get("manifest_files", {})
+    if not recorded:
+        return ("pixel-derived, and LeRobot's tools may have re-encoded the videos (which cannot be checked without "
+                "the manifest they dropped): pseudo-label the dataset again")
+    for path in sorted((root / "videos").rglob("*.mp4")):
+        relative = str(path.relative_to(root))
+        if recorded.get(relative, {}).get("sha256") != file_sha256(path):
+            return f"pixel-derived, and {relative} is not the video it was computed on: pseudo-label the dataset again"
+    return ""
 
 
 def _restore_provenance(root: Path) -> str:
@@ -146,18 +178,21 @@ def _restore_provenance(root: Path) -> str:
     return "kept" if kept else "reconstructed"
 
 
-def _clap_meta(info: dict[str, Any], report: AdoptReport) -> dict[str, Any]:
+def _clap_meta(info: dict[str, Any], report: AdoptReport, previous: dict[str, Any] | None) -> dict[str, Any]:
     notice = (f"adopted by clap-data {__version__}: rewritten by LeRobot's tools, which dropped {CLAP_META_PATH}; "
               + ("per-episode provenance kept" if report.provenance == "kept" else
                  "per-episode provenance was dropped and is reconstructed (source/dataset 'unknown', source/episode_id "
                  "= the episode's index here; source/reconstructed marks it)"))
+    kept = {k: v for k, v in (previous or {}).items() if k in ("source", "tokenizers", "video")}
     return {
+        **kept,
         "schema": SCHEMA_NAME,
         "schema_version": SCHEMA_VERSION,
         "created_by": f"clap-data {__version__} (adopt)",
         "embodiment": info.get("robot_type"),
-        "source": {"adopted": True, "edited_by": "lerobot", "provenance": report.provenance},
-        "video": {"mode": "unknown (written by LeRobot's tools)"},
+        "source": {"adopted": True, "edited_by": "lerobot", "provenance": report.provenance,
+                   **({"before": kept["source"]} if "source" in kept else {})},
+        "video": kept.get("video", {"mode": "unknown (written by LeRobot's tools)"}),
         "notices": [notice] + [f"{column} is stale: {why}" for column, why in report.stale_columns.items()],
         "stale_columns": report.stale_columns,
     }

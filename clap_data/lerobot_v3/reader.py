@@ -36,8 +36,8 @@ def dataset_summary(root: Path) -> dict[str, Any]:
             "no manifest (meta/clap_manifest.json): written by an older clap-data; `clap-data verify` checks less"
         ]
     if manifest is not None:
-        warnings = [f"{problem}: the dataset was changed after clap-data wrote it; run clap-data verify"
-                    for problem in manifest.size_problems(meta.root)]
+        warnings = [f"{problem}: the dataset was changed after clap-data wrote it; run clap-data verify "
+                    "(clap-data adopt, if LeRobot's tools rewrote it)" for problem in manifest.size_problems(meta.root)]
     info = meta.info
     return {
         "path": str(root),

@@ -114,3 +114,20 @@ def test_adopt_refuses_what_it_cannot_adopt(ours, unified_astribot, tmp_path):
     (foreign / "meta/info.json").write_text(info)
     with pytest.raises(ClapDataError, match="does not have clap-data's unified features"):
         adopt_dataset(foreign)
+
+
+def test_a_stale_clap_meta_copied_along_is_adopted_and_re_encoded_videos_caught(ours, tmp_path):
+    """lerobot's tools re-encoded the videos but our meta/clap_data.json and manifest came along (copied by hand):
+    the manifest no longer matches, adopt keeps the old source facts and sees that the videos changed."""
+    from lerobot.datasets.dataset_tools import delete_episodes
+
+    out = tmp_path / "deleted"
+    delete_episodes(lerobot_dataset(ours, "ours"), [0], output_dir=out, repo_id="local/deleted0")
+    for name in ("meta/clap_data.json", "meta/clap_manifest.json"):
+        shutil.copyfile(ours / name, out / name)
+    assert any("changed after clap-data wrote it" in w for w in dataset_summary(out)["warnings"])
+    report = adopt_dataset(out)
+    assert PSEUDO_TOKENS in report.stale_columns and "is not the video it was computed on" in report.stale_columns[PSEUDO_TOKENS]
+    meta = DatasetMetadata.load(out)
+    assert meta.clap["source"]["before"] == DatasetMetadata.load(ours).clap["source"] and verify_dataset(out).ok
+    assert dataset_summary(out)["warnings"] == []

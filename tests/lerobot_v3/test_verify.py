@@ -62,7 +62,7 @@ def test_a_truncated_data_file_is_named_by_verify_info_and_tokenize(dataset, tin
     assert info.exit_code == 0
     assert json.loads(info.output)["warnings"] == [
         f"{DATA} is {size // 2:,} bytes, the manifest says {size:,}: the dataset was changed after clap-data wrote it; "
-        "run clap-data verify"
+        "run clap-data verify (clap-data adopt, if LeRobot's tools rewrote it)"
     ]
     with pytest.raises(ClapDataError, match=rf"does not match its manifest: {DATA} is .* nothing was written"):
         tokenize_dataset(dataset, TokenizeRequest(ckpt=tiny_ckpt))
