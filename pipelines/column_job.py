@@ -308,7 +308,7 @@ def _update_columns(
     meta = DatasetMetadata.load(root)
     _check_manifest(meta)
     current = meta.token_identity(job.key)
-    if current == job.identity:
+    if current == job.identity and job.key not in meta.clap.get("stale_columns", {}):  # stale: recompute it
         update.abandon()
         report.unchanged = True
         report.frames = meta.total_frames
@@ -335,5 +335,16 @@ def _update_columns(
     replaced = {c.name for c in job.columns}
     info = {**meta.info, "features": {k: v for k, v in meta.features.items() if k not in replaced} | job.features}
     tokenizers = {**meta.clap.get("tokenizers", {}), job.key: job.provenance}
-    update.commit(info, {**meta.clap, "tokenizers": tokenizers}, files, meta.manifest())
+    update.commit(info, _fresh_clap_meta(meta.clap, tokenizers, replaced), files, meta.manifest())
     return report
+
+
+def _fresh_clap_meta(clap: dict[str, Any], tokenizers: dict[str, Any], written: set[str]) -> dict[str, Any]:
+    """The dataset's clap metadata after the update: the new tokenizer provenance, and the columns just written no
+    longer listed as stale (``clap-data adopt`` flags pixel-derived columns whose videos may have changed)."""
+    stale = {column: why for column, why in clap.get("stale_columns", {}).items() if column not in written}
+    notices = [n for n in clap.get("notices", []) if not any(n.startswith(f"{c} is stale:") for c in written)]
+    fresh = {**clap, "tokenizers": tokenizers, "notices": notices}
+    if "stale_columns" in clap:
+        fresh["stale_columns"] = stale
+    return fresh

@@ -85,6 +85,19 @@ def test_adopt_after_delete_episodes_restores_every_command(deleted, ours, tiny_
     assert verify_dataset(deleted).ok
 
 
+def test_pseudo_labelling_an_adopted_dataset_again_clears_its_stale_flag(deleted, tokenized_corpus, ray_local):
+    from clap_data.pipelines.pseudolabel import PseudolabelRequest, pseudolabel_dataset
+
+    if not (deleted / "meta/clap_data.json").is_file():
+        adopt_dataset(deleted)
+    assert PSEUDO_TOKENS in DatasetMetadata.load(deleted).clap["stale_columns"]
+    pseudolabel_dataset(deleted, PseudolabelRequest(ckpt=tokenized_corpus.vd_vae, backbone=tokenized_corpus.backbone,
+                                                    camera="head", device="cpu", workers=1))
+    meta = DatasetMetadata.load(deleted)
+    assert meta.clap["stale_columns"] == {} and not any("is stale" in n for n in meta.clap["notices"])
+    assert any(n.startswith("adopted by clap-data") for n in meta.clap["notices"]) and verify_dataset(deleted).ok
+
+
 def test_adopt_after_split_merge_and_remove_feature(ours, tmp_path):
     from lerobot.datasets.dataset_tools import merge_datasets, remove_feature, split_dataset
 
