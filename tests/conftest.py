@@ -130,6 +130,15 @@ def tokenized_corpus(unified_astribot, tiny_ckpt, tmp_path_factory, ray_local) -
     return TokenizedCorpus(robot, human, tiny_ckpt, vd_vae, backbone)
 
 
+@pytest.fixture(scope="module")
+def robot_copy(tokenized_corpus, tmp_path_factory) -> Path:
+    """A module's own copy of the tokenized robot dataset: for commands that take its lock (the lock file lives
+    beside it), edit it, or need a second dataset of the same tokenizer."""
+    root = tmp_path_factory.mktemp("robot_copy") / "astribot"
+    shutil.copytree(tokenized_corpus.robot, root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def loopback_hub(tmp_path_factory):
     """A Hugging Face Hub on 127.0.0.1 for the session (tests/loopback_hub.py). huggingface_hub reads HF_ENDPOINT

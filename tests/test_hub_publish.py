@@ -52,11 +52,9 @@ def _card(hub, repo_id: str) -> tuple[dict, str]:
 
 
 @pytest.fixture(scope="module")
-def robot(tokenized_corpus, tmp_path_factory) -> Path:
-    """A copy of the tokenized Astribot dataset: publish takes the dataset's lock, whose file lives beside it."""
-    root = tmp_path_factory.mktemp("publish") / "astribot"
-    shutil.copytree(tokenized_corpus.robot, root)
-    return root
+def robot(robot_copy) -> Path:
+    """Publish takes the dataset's lock, whose file lives beside it: a copy of the tokenized dataset."""
+    return robot_copy
 
 
 @pytest.fixture(scope="module")

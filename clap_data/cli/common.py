@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from clap_data import __version__
 from clap_data.errors import ClapDataError, ExitCode
@@ -31,6 +32,14 @@ app = typer.Typer(
 stdout = Console()
 stderr = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def summary_grid() -> Table:
+    """The two-column grid of a command's closing summary: a bold label, then what it says."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    return table
 
 
 def split_list(value: str | None) -> list[str] | None:

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from clap_data.cli.common import app, split_list, stderr, stdout, user_errors
+from clap_data.cli.common import app, split_list, stderr, stdout, summary_grid, user_errors
 
 
 @app.command("merge", no_args_is_help=True)
@@ -37,9 +36,7 @@ def merge(
     if as_json:
         stdout.print_json(json.dumps(asdict(report)))
         return
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
+    table = summary_grid()
     table.add_row("merge", f"{len(report.inputs)} datasets → {report.out}")
     table.add_row("episodes", f"{report.episodes:,} ({report.frames:,} frames) in {report.seconds:.1f} s")
     table.add_row("cameras", ", ".join(report.cameras) or "none")
@@ -64,9 +61,7 @@ def adopt(
     if as_json:
         stdout.print_json(json.dumps(asdict(report)))
         return
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
+    table = summary_grid()
     table.add_row("adopted", f"{report.dataset} ({report.episodes:,} episodes)")
     table.add_row("provenance", "kept (source/* columns survived)" if report.provenance == "kept" else
                   "reconstructed (LeRobot dropped it): source/dataset 'unknown', source/episode_id = the episode's index")

@@ -31,10 +31,8 @@ def lerobot_dataset(root: Path, name: str):
 
 
 @pytest.fixture(scope="module")
-def ours(tokenized_corpus, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("adopt") / "astribot"
-    shutil.copytree(tokenized_corpus.robot, root)
-    return root
+def ours(robot_copy) -> Path:
+    return robot_copy
 
 
 @pytest.fixture(scope="module")

@@ -48,14 +48,6 @@ def segment(root: Path, row: dict, key: str, fps: int) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def robot_copy(tokenized_corpus, tmp_path_factory) -> Path:
-    """A second tokenized robot dataset (a copy: same tokenizer identity, its own path)."""
-    copy = tmp_path_factory.mktemp("merge") / "astribot_b"
-    shutil.copytree(tokenized_corpus.robot, copy)
-    return copy
-
-
-@pytest.fixture(scope="module")
 def merged(tokenized_corpus, robot_copy, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("merged") / "both"
     merge_datasets([tokenized_corpus.robot, robot_copy], MergeRequest(out=out))
