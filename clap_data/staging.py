@@ -76,13 +76,17 @@ class StagingArea:
     def episode_dir(self, ref: EpisodeRef) -> Path:
         return self.episodes_dir / f"{ref.order:08d}"
 
-    def staged_episode(self, ref: EpisodeRef) -> dict[str, Any] | None:
-        """The staged record of ``ref`` if a complete one exists for this very episode."""
+    def staged_episode(self, ref: EpisodeRef, check_sources: bool = True) -> dict[str, Any] | None:
+        """The staged record of ``ref`` if a complete one exists for this very episode — and, with
+        ``check_sources``, whose source videos have not changed since (assembly checks them itself, to quarantine
+        the episode with that reason)."""
         record = self.episode_dir(ref) / "episode.json"
         if not record.is_file():
             return None
         data = json.loads(record.read_text())
-        if data.get("source_episode") != ref.source_episode or any(map(source_changed, data["videos"].values())):
+        if data.get("source_episode") != ref.source_episode:
+            return None
+        if check_sources and any(map(source_changed, data["videos"].values())):
             return None
         return data
 

@@ -148,7 +148,7 @@ class _InOrderAssembly:
             self.seconds += time.perf_counter() - started
 
     def _append_staged(self, ref: EpisodeRef) -> None:
-        record = self.staging.staged_episode(ref)
+        record = self.staging.staged_episode(ref, check_sources=False)  # check_episode names a changed source
         if record is None:  # quarantined by its worker
             return
         problem = self.assembler.check_episode(record)

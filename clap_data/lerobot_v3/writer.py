@@ -150,7 +150,7 @@ class DatasetAssembler:
         for camera in self.cameras:
             if source_changed(record["videos"][camera]):
                 return camera, ("it changed after it was validated (its size or modification time differs); "
-                                "rerun the ingest to convert the episode again")
+                                "ingest again (with --overwrite) to convert the episode again")
         return None
 
     def add_episode(self, table: pa.Table, record: dict[str, Any], provenance: dict[str, str | int | float | bool],

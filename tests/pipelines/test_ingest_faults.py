@@ -4,6 +4,7 @@ file, the good episodes are written intact, and the exit status says what happen
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -222,3 +223,36 @@ def test_a_video_of_another_size_is_quarantined_naming_the_mp4(tmp_path):
     }]
     assert pq.read_table(out / "quarantine.parquet").column("file").to_pylist() == [video_file]
     assert report.error_log == ""
+
+
+class TouchingReporter:
+    """A Reporter that changes episode 1's head video (its modification time) as soon as its worker reports it
+    converted — after validation, before the driver appends it — as a user editing the source mid-run would."""
+
+    def __init__(self, video: Path):
+        self.video = video
+
+    def phase(self, text: str) -> None:
+        pass
+
+    def start(self, total: int, done: int) -> None:
+        pass
+
+    def advance(self, ok: bool, frames: int) -> None:
+        status = self.video.stat()
+        os.utime(self.video, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))  # every outcome: ours among them
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_source_video_changed_after_validation_is_quarantined_not_copied(tmp_path):
+    src = write_astribot_dataset(tmp_path / "src", episode_lengths=(30, 34, 32), video_size=(64, 48))
+    out = tmp_path / "out"
+    report = ingest(AstribotSource(src), IngestRequest(out=out, workers=1), TouchingReporter(mp4(src, 1, "head")))
+    assert report.written == 2 and report.exit_code == ExitCode.QUARANTINED
+    (record,) = report.quarantine
+    assert record["category"] == "inconsistent_video" and record["file"] == "videos/chunk-000/images_dict.head.rgb/episode_000001.mp4"
+    assert "changed after it was validated" in record["reason"] and "--overwrite" in record["reason"]
+    again = ingest(AstribotSource(src), IngestRequest(out=out, overwrite=True, workers=1))
+    assert again.written == 3 and not again.quarantine
