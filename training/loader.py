@@ -431,8 +431,10 @@ def _iterate(stream: ShardStream, num_workers: int, prefetch_factor: int) -> Ite
     if stream.decode_images:
         stream.ring = ImageRing(workers=num_workers, prefetch_factor=prefetch_factor, cameras=stream.cameras,
                                 batch_size=stream.batch_size, image_size=stream.image_size)
-    for item in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=keep_batch,
-                                            prefetch_factor=prefetch_factor):
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=keep_batch,
+                                         prefetch_factor=prefetch_factor,
+                                         multiprocessing_context="fork")  # the ring's semaphores are fork's
+    for item in loader:
         yield stream.ring.receive(item) if isinstance(item, InSlot) else item
 
 
