@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clap_data.conversion import VideoOptions, _stage_window
+from clap_data.conversion import PhaseTimes, VideoOptions, _stage_window
 from clap_data.factories.astribot import expected_gray_level
 from clap_data.sources.astribot import CAMERA_KEYS
 from clap_data.sources.base import EpisodeRejected, ImageSequence, VideoWindow, nearest_frames, select_frames
@@ -51,7 +51,7 @@ def _levels(path: Path) -> list[tuple[float, int]]:
 def test_a_window_with_frames_writes_exactly_those_frames(astribot_src, tmp_path, picks):
     source = astribot_src / f"videos/chunk-000/{CAMERA_KEYS['head']}/episode_000000.mp4"
     target = tmp_path / "head.mp4"
-    _stage_window(VideoWindow(source, 0, 40, picks), "head.mp4", len(picks), target, 15, VideoOptions())
+    _stage_window(VideoWindow(source, 0, 40, picks), "head.mp4", len(picks), target, 15, VideoOptions(), PhaseTimes())
     written = _levels(target)
     assert [stamp for stamp, _ in written] == pytest.approx([k / 15 for k in range(len(picks))], abs=1e-6)
     for (_, level), pick in zip(written, picks, strict=True):
@@ -61,4 +61,5 @@ def test_a_window_with_frames_writes_exactly_those_frames(astribot_src, tmp_path
 def test_a_selection_that_does_not_match_the_rows_is_rejected(astribot_src, tmp_path):
     source = astribot_src / f"videos/chunk-000/{CAMERA_KEYS['head']}/episode_000000.mp4"
     with pytest.raises(EpisodeRejected, match="^video file head.mp4: the episode selects 3 frames for 4 rows$"):
-        _stage_window(VideoWindow(source, 0, 40, (0, 1, 2)), "head.mp4", 4, tmp_path / "x.mp4", 15, VideoOptions())
+        _stage_window(VideoWindow(source, 0, 40, (0, 1, 2)), "head.mp4", 4, tmp_path / "x.mp4", 15, VideoOptions(),
+                      PhaseTimes())
