@@ -176,6 +176,9 @@ def _video_entry(meta: DatasetMetadata, row: dict[str, Any], camera: str) -> dic
         raise ClapDataError(f"{path} has B-frames (its packets are not in display order), so its episodes cannot be "
                             "copied one by one; ingest that dataset again with --vcodec to merge it")
     first = int(round(row[f"videos/{key}/from_timestamp"] * meta.fps))
+    if first not in probe.keyframe_ranks:
+        raise ClapDataError(f"episode {row['episode_index']} of {meta.root} starts between keyframes of {path}, so it "
+                            "cannot be copied packet by packet (LeRobot's tools may have re-encoded the file)")
     if first + row["length"] > probe.frame_count:
         raise ClapDataError(f"{path} has {probe.frame_count} frames; episode {row['episode_index']} of {meta.root} "
                             f"needs frames {first} to {first + row['length'] - 1}")

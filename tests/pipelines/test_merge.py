@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -162,3 +163,19 @@ def test_a_publish_cut_short_by_a_crash_is_undone_and_overwrite_replaces(merged,
     merge_datasets([robot_copy, tokenized_corpus.robot], MergeRequest(out=out, overwrite=True))
     assert not (out / "meta/stale_marker").exists() and not parked.exists() and verify_dataset(out).ok
     assert [m["path"] for m in DatasetMetadata.load(out).clap["source"]["merged_from"]][0] == str(robot_copy)
+
+
+def test_an_episode_starting_between_keyframes_is_refused(robot_copy, tokenized_corpus, tmp_path):
+    """A file re-encoded with its own GOP (as LeRobot's delete-episodes does) can hold an episode that starts on a
+    P-frame, which cannot be copied packet by packet: here episode 1's segment is moved one frame on."""
+    doctored = tmp_path / "doctored"
+    shutil.copytree(robot_copy, doctored)
+    path = next((doctored / "meta/episodes").glob("chunk-*/file-*.parquet"))
+    table = pq.read_table(path)
+    key = "videos/observation.images.head/from_timestamp"
+    shifted = [t + (1 / 30 if i == 1 else 0) for i, t in enumerate(table.column(key).to_pylist())]
+    table = table.set_column(table.schema.get_field_index(key), key, pa.array(shifted, table.schema.field(key).type))
+    pq.write_table(table, path)
+    with pytest.raises(ClapDataError, match="episode 1 of .* starts between keyframes"):
+        merge_datasets([doctored, tokenized_corpus.robot], MergeRequest(out=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
