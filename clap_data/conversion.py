@@ -33,7 +33,7 @@ from clap_data.sources.base import (
     VideoInput,
     VideoWindow,
 )
-from clap_data.staging import StagingArea
+from clap_data.staging import StagingArea, window_source
 
 STAGED_FRAMES = "frames.parquet"
 STAGED_RECORD = "episode.json"
@@ -159,10 +159,8 @@ def _stage_window(window: VideoWindow, relative: str, frames: int, target: Path,
     if _copied_at_assembly(window, probe, options):
         with times.timing("stats"):
             pixels = image_stats(video.sample_keyframes(window.path, probe, IMAGE_STATS_KEYFRAMES, window.start, count))
-        version = window.path.stat()
-        copy_from = {"path": str(window.path.absolute()), "start_pts": probe.display_pts[window.start],
-                     "size": version.st_size, "mtime_ns": version.st_mtime_ns}
-        return _video_record(relative, probe, count, pixels, copy_from=copy_from)
+        return video_record(relative, probe, count, pixels,
+                            copy_from=window_source(window.path, probe.display_pts[window.start]))
     with times.timing("video"):
         if options.reencode or window.frames is not None or not probe.can_copy(window.start):
             video.reencode(window.path, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop,
@@ -187,16 +185,17 @@ def _staged_video_record(relative: str, target: Path, times: PhaseTimes) -> dict
         written = video.probe_video(target)
     with times.timing("stats"):
         pixels = image_stats(video.sample_keyframes(target, written, IMAGE_STATS_KEYFRAMES))
-    return _video_record(relative, written, written.frame_count, pixels)
+    return video_record(relative, written, written.frame_count, pixels)
 
 
-def _video_record(relative: str, probe: video.VideoProbe, frame_count: int, pixels: dict[str, np.ndarray],
-                  copy_from: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One camera's entry of the staged record. ``copy_from``: the source file (its size and modification time, so a
-    change is noticed) and the first frame's timestamp, when assembly copies the frames from there."""
+def video_record(relative: str, probe: video.VideoProbe, frame_count: int, pixels: dict[str, Any],
+                 copy_from: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One camera's entry of a staged record, what the assembler appends (a merge builds them too). ``pixels``: the
+    image statistics (arrays or lists); ``copy_from`` (:func:`~clap_data.staging.window_source`), when assembly
+    copies the frames straight from a source file."""
     record = {
         "source_file": relative,  # what a quarantine at assembly time names (check_episode)
-        "image_stats": {name: value.tolist() for name, value in pixels.items()},
+        "image_stats": {name: np.asarray(value).tolist() for name, value in pixels.items()},
         "frame_count": frame_count,
         "codec": probe.codec,
         "width": probe.width,

@@ -154,6 +154,14 @@ def check_output_folder(out: Path, overwrite: bool, is_ours: Callable[[Path], bo
         raise ClapDataError(f"--out {out} already holds a {what}; add --overwrite to replace it")
 
 
+def window_source(path: Path, start_pts: int) -> dict[str, Any]:
+    """A staged camera entry's ``copy_from``: the source file assembly copies the frames from, the first frame's
+    timestamp, and the file's size and modification time as validated (what :func:`source_changed` compares)."""
+    version = Path(path).stat()
+    return {"path": str(Path(path).absolute()), "start_pts": start_pts, "size": version.st_size,
+            "mtime_ns": version.st_mtime_ns}
+
+
 def source_changed(video_entry: dict[str, Any]) -> bool:
     """Whether the source file that a staged camera entry says assembly copies from (``copy_from``) is gone or has
     another size or modification time than when it was validated — the episode must then be converted again."""

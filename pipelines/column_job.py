@@ -342,9 +342,7 @@ def _update_columns(
 def _fresh_clap_meta(clap: dict[str, Any], tokenizers: dict[str, Any], written: set[str]) -> dict[str, Any]:
     """The dataset's clap metadata after the update: the new tokenizer provenance, and the columns just written no
     longer listed as stale (``clap-data adopt`` flags pixel-derived columns whose videos may have changed)."""
-    stale = {column: why for column, why in clap.get("stale_columns", {}).items() if column not in written}
-    notices = [n for n in clap.get("notices", []) if not any(n.startswith(f"{c} is stale:") for c in written)]
-    fresh = {**clap, "tokenizers": tokenizers, "notices": notices}
+    fresh = {**clap, "tokenizers": tokenizers}
     if "stale_columns" in clap:
-        fresh["stale_columns"] = stale
+        fresh["stale_columns"] = {column: why for column, why in clap["stale_columns"].items() if column not in written}
     return fresh

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from clap_data import __version__, video
 from clap_data.atomic import building_dir, remove_temp_leftovers
+from clap_data.conversion import video_record
 from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3 import layout
 from clap_data.lerobot_v3.metadata import DatasetMetadata
@@ -44,7 +45,7 @@ from clap_data.schemas import (
     TOKEN_COLUMNS,
     camera_feature_key,
 )
-from clap_data.staging import check_output_folder
+from clap_data.staging import check_output_folder, window_source
 
 _CARRIED_COLUMNS = ("observation.state", "action", "arm_mask", "subtask", "frame_index")
 
@@ -182,16 +183,10 @@ def _video_entry(meta: DatasetMetadata, row: dict[str, Any], camera: str) -> dic
     if first + row["length"] > probe.frame_count:
         raise ClapDataError(f"{path} has {probe.frame_count} frames; episode {row['episode_index']} of {meta.root} "
                             f"needs frames {first} to {first + row['length'] - 1}")
-    stat_prefix = f"stats/{key}/"
-    version = path.stat()
-    return {
-        "source_file": f"{meta.root.name}/{relative}",
-        "image_stats": {name[len(stat_prefix):]: value for name, value in row.items() if name.startswith(stat_prefix)},
-        "frame_count": row["length"], "codec": probe.codec, "width": probe.width, "height": probe.height,
-        "pix_fmt": probe.pix_fmt, "fingerprint": probe.codec_fingerprint,
-        "copy_from": {"path": str(path), "start_pts": probe.display_pts[first], "size": version.st_size,
-                      "mtime_ns": version.st_mtime_ns},
-    }
+    prefix = f"stats/{key}/"
+    pixels = {name.removeprefix(prefix): value for name, value in row.items() if name.startswith(prefix)}
+    return video_record(f"{meta.root.name}/{relative}", probe, row["length"], pixels,
+                        copy_from=window_source(path, probe.display_pts[first]))
 
 
 def _provenance(row: dict[str, Any]) -> dict[str, Any]:

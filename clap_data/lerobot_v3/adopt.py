@@ -4,7 +4,8 @@ Why: ``lerobot-edit-dataset`` (merge, split, delete-episodes, remove-feature) an
 LeRobot v3.0 dataset that keeps our frame columns, our token columns and the tokenizers' identities in
 ``meta/info.json``, but not ``meta/clap_data.json``, the manifest, the quarantine or the ``source/*`` provenance
 columns of ``meta/episodes`` — so every clap-data command refused the result. Such a dataset is recognised by its
-feature set (:func:`edited_by_lerobot`), every command that refuses it says so and names ``clap-data adopt``, and
+feature set (``edited_by_lerobot`` in ``metadata.py``, the one reader every command opens a dataset through), every
+command that refuses it says so and names ``clap-data adopt``, and
 :func:`adopt_dataset` writes what is missing:
 
 - ``meta/clap_data.json``: the embodiment (``robot_type``), ``source.adopted`` saying what happened, a notice;
@@ -37,6 +38,7 @@ from clap_data.errors import ClapDataError
 from clap_data.hashing import file_sha256
 from clap_data.lerobot_v3 import layout
 from clap_data.lerobot_v3.manifest import MANIFEST_PATH, Manifest
+from clap_data.lerobot_v3.metadata import has_unified_features, read_info
 from clap_data.locking import dataset_lock
 from clap_data.schemas import (
     CLAP_META_PATH,
@@ -45,43 +47,9 @@ from clap_data.schemas import (
     SCHEMA_NAME,
     SCHEMA_VERSION,
     TOKEN_COLUMNS,
-    frame_features,
 )
 
 RECONSTRUCTED = "source/reconstructed"
-
-
-def _info(root: Path) -> dict[str, Any] | None:
-    try:
-        info = json.loads((Path(root) / layout.INFO_PATH).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return info if isinstance(info, dict) and isinstance(info.get("features"), dict) else None
-
-
-def has_unified_features(info: dict[str, Any]) -> bool:
-    """Whether a LeRobot dataset's features include schema v1's frame features, as our writers define them."""
-    features = info.get("features", {})
-    return all(
-        name in features and features[name].get("dtype") == ft["dtype"] and list(features[name].get("shape", []))
-        == ft["shape"] and features[name].get("names") == ft["names"]
-        for name, ft in frame_features().items()
-    )
-
-
-def edited_by_lerobot(root: Path) -> bool:
-    """A LeRobot v3.0 dataset with the unified features but no ``meta/clap_data.json``: ours, rewritten by
-    LeRobot's tools."""
-    info = _info(root)
-    return (info is not None and str(info.get("codebase_version", "")).startswith("v3") and has_unified_features(info)
-            and not (Path(root) / CLAP_META_PATH).is_file())
-
-
-def adopt_hint(root: Path) -> str:
-    """The sentence every command gives for such a dataset."""
-    return (f"{root} is a unified dataset rewritten by LeRobot's tools (lerobot-edit-dataset, aggregate_datasets): "
-            f"it has clap-data's features but no {CLAP_META_PATH}; run `clap-data adopt {root}` to restore its "
-            "clap-data metadata")
 
 
 @dataclass
@@ -98,9 +66,7 @@ def adopt_dataset(root: Path, wait: bool = False) -> AdoptReport:
     """Restore the clap-data metadata of a unified dataset edited by LeRobot's tools (see the module docstring)."""
     root = Path(root).absolute()
     with dataset_lock(root, exclusive=True, purpose="adopt", wait=wait):
-        info = _info(root)
-        if info is None:
-            raise ClapDataError(f"{root} is not a LeRobot dataset: {layout.INFO_PATH} is missing or unreadable")
+        info = read_info(root)
         previous = _stale_clap_meta(root)
         if not str(info.get("codebase_version", "")).startswith("v3"):
             raise ClapDataError(f"{root} is LeRobot {info.get('codebase_version')!r}; adopt reads v3.0 datasets")
@@ -193,6 +159,6 @@ def _clap_meta(info: dict[str, Any], report: AdoptReport, previous: dict[str, An
         "source": {"adopted": True, "edited_by": "lerobot", "provenance": report.provenance,
                    **({"before": kept["source"]} if "source" in kept else {})},
         "video": kept.get("video", {"mode": "unknown (written by LeRobot's tools)"}),
-        "notices": [notice] + [f"{column} is stale: {why}" for column, why in report.stale_columns.items()],
+        "notices": [notice],
         "stale_columns": report.stale_columns,
     }

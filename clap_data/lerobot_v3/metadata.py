@@ -20,15 +20,15 @@ import pyarrow.parquet as pq
 
 from clap_data.errors import ClapDataError
 from clap_data.lerobot_v3 import layout
-from clap_data.lerobot_v3.adopt import adopt_hint, edited_by_lerobot
 from clap_data.lerobot_v3.manifest import MANIFEST_PATH, Manifest
-from clap_data.schemas import TOKEN_COLUMNS, UnknownSchemaError, read_clap_meta
+from clap_data.schemas import CLAP_META_PATH, TOKEN_COLUMNS, UnknownSchemaError, frame_features, read_clap_meta
 
 EPISODE_COLUMNS = ["episode_index", "length", "dataset_from_index", "dataset_to_index", "data/chunk_index", "data/file_index"]
 
 
-def _read_info(root: Path) -> dict[str, Any]:
-    path = root / layout.INFO_PATH
+def read_info(root: Path) -> dict[str, Any]:
+    """A LeRobot dataset's ``meta/info.json``, refused with a sentence when missing, unreadable or not LeRobot's."""
+    path = Path(root) / layout.INFO_PATH
     if not path.is_file():
         raise ClapDataError(f"{root} is not a LeRobot dataset: {layout.INFO_PATH} is missing")
     try:
@@ -38,6 +38,34 @@ def _read_info(root: Path) -> dict[str, Any]:
     if not isinstance(info, dict) or not isinstance(info.get("features"), dict):
         raise ClapDataError(f"{path} is not LeRobot metadata: it has no 'features' mapping")
     return info
+
+
+def has_unified_features(info: dict[str, Any]) -> bool:
+    """Whether a LeRobot dataset's features include schema v1's frame features, as our writers define them."""
+    features = info.get("features", {})
+    return all(
+        name in features and features[name].get("dtype") == ft["dtype"] and list(features[name].get("shape", []))
+        == ft["shape"] and features[name].get("names") == ft["names"]
+        for name, ft in frame_features().items()
+    )
+
+
+def edited_by_lerobot(root: Path) -> bool:
+    """A LeRobot v3.0 dataset with the unified features but no ``meta/clap_data.json``: ours, rewritten by
+    LeRobot's tools."""
+    try:
+        info = read_info(root)
+    except ClapDataError:
+        return False
+    return (str(info.get("codebase_version", "")).startswith("v3") and has_unified_features(info)
+            and not (Path(root) / CLAP_META_PATH).is_file())
+
+
+def adopt_hint(root: Path) -> str:
+    """The sentence every command gives for such a dataset."""
+    return (f"{root} is a unified dataset rewritten by LeRobot's tools (lerobot-edit-dataset, aggregate_datasets): "
+            f"it has clap-data's features but no {CLAP_META_PATH}; run `clap-data adopt {root}` to restore its "
+            "clap-data metadata")
 
 
 @dataclass(frozen=True)
@@ -52,7 +80,7 @@ class DatasetMetadata:
     def load(cls, root: Path) -> DatasetMetadata:
         """Read a clap-data dataset's metadata; refuses what is not one, or of an unknown schema."""
         root = Path(root).absolute()
-        info = _read_info(root)
+        info = read_info(root)
         try:
             clap = read_clap_meta(root)
         except UnknownSchemaError as exc:

@@ -51,7 +51,8 @@ def dataset_summary(root: Path) -> dict[str, Any]:
         "codebase_version": info.get("codebase_version"),
         "token_columns": meta.token_columns,
         "source": meta.clap.get("source", {}),
-        "notices": meta.clap.get("notices", []),
+        "notices": meta.clap.get("notices", [])
+        + [f"{column} is stale: {why}" for column, why in meta.clap.get("stale_columns", {}).items()],
         "warnings": warnings,
         "quarantine": [
             {"episode": row["source_episode"], "reason": row["reason"], "category": row["category"], "file": row["file"]}

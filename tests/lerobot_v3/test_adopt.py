@@ -92,7 +92,7 @@ def test_pseudo_labelling_an_adopted_dataset_again_clears_its_stale_flag(deleted
     pseudolabel_dataset(deleted, PseudolabelRequest(ckpt=tokenized_corpus.vd_vae, backbone=tokenized_corpus.backbone,
                                                     camera="head", device="cpu", workers=1))
     meta = DatasetMetadata.load(deleted)
-    assert meta.clap["stale_columns"] == {} and not any("is stale" in n for n in meta.clap["notices"])
+    assert meta.clap["stale_columns"] == {} and not any("is stale" in n for n in dataset_summary(deleted)["notices"])
     assert any(n.startswith("adopted by clap-data") for n in meta.clap["notices"]) and verify_dataset(deleted).ok
 
 
