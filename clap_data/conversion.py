@@ -32,6 +32,7 @@ from clap_data.sources.base import (
     Source,
     VideoInput,
     VideoWindow,
+    discard_fetched,
 )
 from clap_data.staging import StagingArea, window_source
 
@@ -156,7 +157,7 @@ def _stage_window(window: VideoWindow, relative: str, frames: int, target: Path,
     them from, or write them to ``target`` (re-encoded, or stream-copied when their packets need reordering)."""
     with times.timing("validate"):
         probe, count = _validate_window(window, relative, frames, options)
-    if _copied_at_assembly(window, probe, options):
+    if _copied_at_assembly(window, probe, options) and not window.fetched:
         with times.timing("stats"):
             pixels = image_stats(video.sample_keyframes(window.path, probe, IMAGE_STATS_KEYFRAMES, window.start, count))
         return video_record(relative, probe, count, pixels,
@@ -221,7 +222,7 @@ def _describe_input(frames_from: VideoInput, source: Source, ref: EpisodeRef, ca
     """How quarantine reasons name a camera's input: the file relative to the source root."""
     if isinstance(frames_from, ImageSequence):
         return f"{ref.path} camera {camera}"
-    return str(frames_from.path.relative_to(source.root))
+    return frames_from.name or str(frames_from.path.relative_to(source.root))
 
 
 def _log_internal_error(source: Source, ref: EpisodeRef, staging: StagingArea) -> str:
@@ -244,6 +245,7 @@ def convert_episode(source: Source, ref: EpisodeRef, staging: StagingArea, optio
         return EpisodeOutcome(ref.order, ref.source_episode, "resumed", int(staged["frames"]))
     staging.forget_attempt(ref)  # this attempt replaces what an earlier one left (a stale episode, a quarantine, a log)
     times = PhaseTimes()
+    episode = None
     try:
         with times.timing("read"):
             episode = source.read_episode(ref)
@@ -282,5 +284,8 @@ def convert_episode(source: Source, ref: EpisodeRef, staging: StagingArea, optio
             f"unexpected error while converting {ref.path}: {type(exc).__name__}: {exc} ({logged})",
             time.perf_counter() - started, times.seconds,
         )
+    finally:
+        if episode is not None:
+            discard_fetched(episode.videos.values())
     staging.write_quarantine(ref, {k: v for k, v in asdict(outcome).items() if k not in ("status", "frames", "seconds", "phases")})
     return outcome

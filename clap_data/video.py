@@ -170,6 +170,29 @@ def check_decodes(path: Path, probe: VideoProbe, full: bool, start: int = 0, cou
             raise VideoError(f"frame {last} does not decode")
 
 
+def packet_byte_ranges(path: Path, probe: VideoProbe, start: int = 0, count: int | None = None) -> list[tuple[int, int]]:
+    """``(offset, size)`` in the file of every packet that frames ``[start, start + count)`` need: from the keyframe
+    at or before ``start`` until every frame of the window has come by (decode order). Demuxing reads only the
+    container's index, never a payload, so this works on a copy whose payloads are not there yet — how a remote
+    source fetches one episode's bytes of a video shared by many (:mod:`clap_data.sources.remote_files`)."""
+    count = probe.frame_count - start if count is None else count
+    wanted = set(range(start, min(start + count, probe.frame_count)))
+    rank_of_pts = probe.rank_of_pts
+    ranges: list[tuple[int, int]] = []
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        if start > 0:
+            container.seek(probe.display_pts[start], stream=stream, backward=True, any_frame=False)
+        for packet in container.demux(stream):
+            if not wanted:
+                break
+            if packet.size == 0 or packet.pts is None or packet.pos is None or packet.pos < 0:
+                continue
+            ranges.append((int(packet.pos), int(packet.size)))
+            wanted.discard(rank_of_pts.get(packet.pts, -1))
+    return ranges
+
+
 def _output(path: Path) -> av.container.OutputContainer:
     path.parent.mkdir(parents=True, exist_ok=True)
     return av.open(str(path), "w", format="mp4")

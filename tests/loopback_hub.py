@@ -8,7 +8,8 @@ the headers the client checks (``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag``/``
 ``Content-Length``, ``Content-Range``, ``X-Error-Code``). Repos live on disk under ``root`` (a JSON
 record per repo, blobs stored by sha256); every request is logged for tests that count them, and
 ``fail_lfs_uploads_after`` makes it refuse uploads the way a dropped connection or a full quota
-interrupts a real one. Xet is not spoken: clients need ``HF_HUB_DISABLE_XET=1``.
+interrupts a real one; ``drop_ranged_reads`` hangs up on ranged reads as a flaky network does, and
+``bytes_served`` counts what file reads sent. Xet is not spoken: clients need ``HF_HUB_DISABLE_XET=1``.
 
 What it leaves out: pull requests, gating, Xet, multipart LFS, squash/super-squash, renames
 (no redirects: every ``resolve`` is answered directly, as the Hub answers files stored in git).
@@ -22,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -57,7 +59,8 @@ class HubError(Exception):
 class HubRequest:
     method: str
     path: str  # without the query string
-    status: int
+    status: int  # 0: the connection was dropped without an answer (drop_ranged_reads)
+    body_bytes: int = 0  # bytes of the answer's body sent: what a client downloaded
 
 
 def _git_blob_oid(data: bytes) -> str:
@@ -80,6 +83,7 @@ class LoopbackHub:
         self.page_size = page_size
         self.requests: list[HubRequest] = []
         self.lfs_uploads = 0  # successful LFS PUTs since the start
+        self._drop_ranged = 0  # ranged file reads still to drop (drop_ranged_reads)
         self._fail_after: int | None = None
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -169,6 +173,16 @@ class LoopbackHub:
                 repo["tags"][tag] = oid
             self._save(repo)
             return oid
+
+    def drop_ranged_reads(self, count: int) -> None:
+        """Close the connection without an answer on the next ``count`` ranged file reads, as a flaky network
+        does: clients must retry them."""
+        with self._lock:
+            self._drop_ranged = count
+
+    def bytes_served(self, pattern: str) -> int:
+        """Body bytes sent by file reads (``resolve``) whose path matches the regular expression ``pattern``."""
+        return sum(r.body_bytes for r in self.requests_matching("GET", f"/resolve/.*{pattern}"))
 
     def fail_lfs_uploads_after(self, count: int | None) -> None:
         """Answer 403 to every LFS upload once ``count`` more have succeeded (None: stop failing). 403, because
@@ -307,6 +321,12 @@ class _Handler(BaseHTTPRequestHandler):
     def hub(self) -> LoopbackHub:
         return self.server.hub  # type: ignore[attr-defined]
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out as two writes; without this, Nagle's algorithm holds the body back until the
+        # client's delayed ACK (~40 ms a request), which a client making many small ranged reads would feel.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the stdlib's signature)
         pass  # the request log is self.hub.requests
 
@@ -330,7 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         self.query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         self.body = self._read_body()
-        status = 500
+        status, self.sent = 500, 0
         try:
             status = self._route(method, split.path)
         except HubError as error:
@@ -341,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({"error": str(error), **error.body}, status, headers)
         finally:
             with self.hub._lock:
-                self.hub.requests.append(HubRequest(method, split.path, status))
+                self.hub.requests.append(HubRequest(method, split.path, status, self.sent))
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -363,6 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+            self.sent = len(body)
         return status
 
     def _json(self, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> int:
@@ -551,6 +572,10 @@ class _Handler(BaseHTTPRequestHandler):
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(entry["size"])})
         status, body = 200, data
         requested = self.headers.get("Range")
+        if requested and self.hub._drop_ranged > 0:
+            self.hub._drop_ranged -= 1
+            self.close_connection = True
+            return 0
         if requested:
             match = _RANGE.match(requested.strip())
             if match is None or match.groups() == ("", ""):

@@ -95,7 +95,11 @@ def _print_ingest_summary(source_name: str, report: Any) -> None:
 @user_errors
 def ingest(
     source_name: Annotated[str, typer.Argument(metavar="SOURCE", help="Which source format --src holds: astribot, agibot, droid, ego4d, lerobot.")],
-    src: Annotated[Path, typer.Option(help="The source dataset folder, in the layout the source publishes.")],
+    src: Annotated[
+        str,
+        typer.Option(help="The source dataset folder, in the layout the source publishes; lerobot and droid also take "
+                          "hf://datasets/ORG/NAME[@REV][/FOLDER] or any fsspec URL (read by byte range, no download)."),
+    ],
     out: Annotated[Path, typer.Option(help="Where the LeRobot v3.0 dataset is written.")],
     cameras: Annotated[
         str | None,

@@ -14,6 +14,7 @@ source frame nearest in time (:func:`nearest_frames`, :func:`select_frames`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,12 +55,18 @@ class VideoWindow:
     ``frames``, when given, are the window's frames the episode keeps, in order, as offsets from
     ``start`` (a resampled episode: non-decreasing, repeats allowed); they are re-encoded, and
     ``count`` must then be given.
+
+    ``name`` is how messages name the file (relative to the source root) where ``path`` is not under it;
+    ``fetched`` marks a local copy of a remote file holding only this window's bytes: conversion stages its
+    frames (never leaves them to be copied at assembly) and then deletes it.
     """
 
     path: Path
     start: int = 0
     count: int | None = None
     frames: tuple[int, ...] | None = None
+    name: str | None = None
+    fetched: bool = False
 
     def __post_init__(self) -> None:
         if self.frames is not None and self.count is None:
@@ -181,3 +188,11 @@ def select_frames(video: VideoInput, picks: np.ndarray, source_frames: int) -> V
         return ImageSequence(tuple(video.images[i] for i in picks))
     count = source_frames if video.count is None else video.count
     return replace(video, count=count, frames=tuple(int(i) for i in picks))
+
+
+def discard_fetched(videos: Iterable[VideoInput]) -> None:
+    """Delete the local copies of remote video windows (:attr:`VideoWindow.fetched`) once they are no longer needed:
+    after conversion staged them, or when the episode was rejected after fetching some."""
+    for frames_from in videos:
+        if isinstance(frames_from, VideoWindow) and frames_from.fetched:
+            frames_from.path.unlink(missing_ok=True)

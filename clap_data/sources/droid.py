@@ -37,6 +37,7 @@ from clap_data.sources.base import CanonicalEpisode, EpisodeRef, Source
 from clap_data.sources.lerobot import LeRobotSource
 from clap_data.sources.lerobot_layout import INFO_PATH, LeRobotLayout
 from clap_data.sources.mapping import parse_mapping
+from clap_data.sources.remote_files import is_url
 
 EMBODIMENT = "droid"
 RLDS_SHARD_GLOB = "*.tfrecord-*-of-*"
@@ -98,17 +99,20 @@ class DroidSource:
     name = "droid"
 
     def __init__(
-        self, root: Path, cameras: Sequence[str] | None = None, workers_hint: int | None = None, fps: int | None = None
+        self, root: str | Path, cameras: Sequence[str] | None = None, workers_hint: int | None = None, fps: int | None = None
     ):
+        self._impl: Source
+        if is_url(root):  # only the LeRobot port can be read by byte range: RLDS shards interleave episodes
+            layout = LeRobotLayout(str(root))
+            if not (layout.root / INFO_PATH).is_file():
+                raise ClapDataError(f"--src {root} has no {INFO_PATH}: only DROID's LeRobot port can be read from a URL")
+            self._use_lerobot_port(layout, cameras, fps)
+            return
         root = Path(root)
         if not root.is_dir():
             raise ClapDataError(f"source folder {root} does not exist")
-        self._impl: Source
         if (root / INFO_PATH).is_file():
-            self.layout = "lerobot"
-            video_keys = LeRobotLayout(root).video_keys
-            mapping = parse_mapping(droid_mapping_document(video_keys), "built-in DROID mapping")
-            self._impl = LeRobotSource(root, mapping, cameras, fps=fps)
+            self._use_lerobot_port(LeRobotLayout(root), cameras, fps)
         elif _has_rlds_shards(root):
             from clap_data.sources.droid_rlds import DroidRldsSource
 
@@ -119,6 +123,11 @@ class DroidSource:
                 f"{root} is not a DROID dataset: it has neither {INFO_PATH} (a LeRobot port such as "
                 f"lerobot/droid_1.0.1) nor RLDS shards ({RLDS_SHARD_GLOB}, e.g. droid/1.0.1)"
             )
+
+    def _use_lerobot_port(self, layout: LeRobotLayout, cameras: Sequence[str] | None, fps: int | None) -> None:
+        self.layout = "lerobot"
+        mapping = parse_mapping(droid_mapping_document(layout.video_keys), "built-in DROID mapping")
+        self._impl = LeRobotSource(layout.files, mapping, cameras, fps=fps)
 
     @property
     def root(self) -> Path:

@@ -35,10 +35,11 @@ from clap_data.sources.base import (
     EpisodeRef,
     EpisodeRejected,
     VideoInput,
+    discard_fetched,
     nearest_frames,
     select_frames,
 )
-from clap_data.sources.lerobot_layout import LayoutEpisode, LeRobotLayout, column_matrix
+from clap_data.sources.lerobot_layout import LayoutEpisode, LayoutFiles, LeRobotLayout, column_matrix
 from clap_data.sources.mapping import (
     EMPTY_INSTRUCTION,
     TASK,
@@ -96,13 +97,13 @@ class LeRobotSource:
 
     def __init__(
         self,
-        root: Path,
+        root: str | Path | LayoutFiles,
         mapping: SourceMapping | str | Path,
         cameras: Sequence[str] | None = None,
         fps: int | None = None,
     ):
         self.mapping = mapping if isinstance(mapping, SourceMapping) else load_mapping(Path(mapping))
-        self._layout = LeRobotLayout(Path(root))
+        self._layout = LeRobotLayout(root)
         self.root = self._layout.root
         check_mapping_columns(self.mapping, self._layout.features)
         self.embodiment = self.mapping.embodiment
@@ -139,7 +140,7 @@ class LeRobotSource:
         (no resuming on episodes converted with the old one) and the output says how it was read."""
         return {
             "source": self.name,
-            "root": str(self.root.resolve()),
+            "root": self._layout.files.location,
             "codebase_version": self._layout.version,
             "embodiment": self.embodiment,
             "cameras": list(self.cameras),
@@ -156,9 +157,6 @@ class LeRobotSource:
 
     def read_episode(self, ref: EpisodeRef) -> CanonicalEpisode:
         episode = LayoutEpisode.from_details(ref.details)
-        videos: dict[str, VideoInput] = {
-            camera: self._layout.video_window(episode, self.mapping.cameras[camera]) for camera in self.cameras
-        }
         table = self._layout.read_rows(episode, self._columns)
         relative = episode.data_file
         self._layout.check_clock(table, relative)
@@ -167,7 +165,19 @@ class LeRobotSource:
         picks = np.arange(table.num_rows)
         if self.fps != self._layout.fps:
             picks = nearest_frames(table.column("timestamp").to_numpy(), self.fps)
-            videos = {camera: select_frames(window, picks, table.num_rows) for camera, window in videos.items()}
+        canonical = self._canonical(table, relative, picks)
+        videos: dict[str, VideoInput] = {}
+        try:  # last: a remote source fetches the episode's video bytes now, and only for an episode that reads
+            for camera in self.cameras:
+                window = self._layout.video_window(episode, self.mapping.cameras[camera])
+                videos[camera] = window if self.fps == self._layout.fps else select_frames(window, picks, table.num_rows)
+        except BaseException:
+            discard_fetched(videos.values())
+            raise
+        return dataclasses.replace(canonical, videos=videos)
+
+    def _canonical(self, table: pa.Table, relative: str, picks: np.ndarray) -> CanonicalEpisode:
+        """The episode's values at the source rows ``picks``, checked; its videos are added by the caller."""
         matrices = {name: column_matrix(table, name, relative) for name in dict.fromkeys(r.name for r in self.mapping.column_refs())}
         left, right = (self._arm(slot, matrices, relative, picks) for slot in ("left", "right"))
         state, mask = geometry.dual_arm14(left[0] if left else None, right[0] if right else None)
@@ -181,7 +191,7 @@ class LeRobotSource:
         extra = {name: self._first_value(table, column, relative) for name, column in self.mapping.extra.items()}
         extra[EMPTY_INSTRUCTION] = not any(task.strip() for task in tasks)
         return CanonicalEpisode(
-            state=state, action=action, arm_mask=mask, tasks=tasks, subtasks=subtasks, videos=videos, extra=extra
+            state=state, action=action, arm_mask=mask, tasks=tasks, subtasks=subtasks, videos={}, extra=extra
         )
 
     def _arm(

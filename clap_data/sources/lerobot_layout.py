@@ -13,6 +13,11 @@ one episode, so this module reads the layout directly and touches only that epis
   (the episode's frames start at ``round(from_timestamp * fps)`` and number ``length``; lerobot
   encodes every episode separately before concatenating, so that frame is a keyframe).
 
+The dataset may also be remote (``--src hf://…`` or any fsspec URL): :class:`LocalFiles` and
+:class:`~clap_data.sources.remote_files.RemoteFiles` give the same access — metadata read from a folder on
+this machine, an episode's data file and video windows by their paths relative to the dataset — and the
+remote one fetches only the episode's byte ranges.
+
 The v2 and v3 templates name their fields differently (``episode_chunk`` vs ``chunk_index``), and
 both are taken from ``meta/info.json`` rather than assumed, as FORMATS.md asks. Nothing there is
 trusted (:mod:`clap_data.sources.metadata_io`): entries are checked for presence and type, no
@@ -24,9 +29,11 @@ folder, and ``fps`` must be a positive number, which each episode's timestamps m
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +50,7 @@ from clap_data.sources.metadata_io import (
     read_json_object,
     read_task_list,
 )
+from clap_data.sources.parquet_ranges import overlapping_row_groups
 
 INFO_PATH = "meta/info.json"
 V2_EPISODES_PATH = "meta/episodes.jsonl"
@@ -106,13 +114,52 @@ class LayoutEpisode:
         )
 
 
-class LeRobotLayout:
-    """A LeRobot dataset folder: its metadata (read once, on the driver) and per-episode reads."""
+class LayoutFiles(Protocol):
+    """Where a LeRobot dataset's files are: ``root`` is a local folder holding its ``meta/``, ``location`` how
+    provenance names the dataset (its absolute path or URL)."""
+
+    root: Path
+    location: str
+
+    def data_file(self, relative: str, columns: list[str], rows: tuple[int, int] | None) -> Any:
+        """A context manager giving a local path to read ``columns`` of the data file's rows ``rows`` from."""
+        ...
+
+    def video_window(self, relative: str, start: int, count: int | None) -> VideoWindow: ...
+
+
+class LocalFiles:
+    """A dataset folder on this machine."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ClapDataError(f"source folder {self.root} does not exist")
+        self.location = str(self.root.resolve())
+
+    @contextmanager
+    def data_file(self, relative: str, columns: list[str], rows: tuple[int, int] | None) -> Iterator[Path]:
+        yield require_file(self.root / relative, self.root, "data file")
+
+    def video_window(self, relative: str, start: int, count: int | None) -> VideoWindow:
+        return VideoWindow(require_file(self.root / relative, self.root, "video file"), start, count)
+
+
+def layout_files(src: str | Path | LayoutFiles) -> LayoutFiles:
+    """The files of ``--src``: a local folder, or a URL (``hf://…``, any fsspec URL) read by byte range."""
+    if not isinstance(src, str | Path):
+        return src
+    from clap_data.sources.remote_files import RemoteFiles, is_url
+
+    return RemoteFiles(str(src)) if is_url(src) else LocalFiles(Path(src))
+
+
+class LeRobotLayout:
+    """A LeRobot dataset: its metadata (read once, on the driver) and per-episode reads."""
+
+    def __init__(self, src: str | Path | LayoutFiles):
+        self.files = layout_files(src)
+        self.root = self.files.root
         info_path = self.root / INFO_PATH
         info = read_json_object(info_path, "metadata file", "is this a LeRobot dataset?")
         self.version = str(info.get("codebase_version", ""))
@@ -202,22 +249,21 @@ class LeRobotLayout:
     def video_window(self, episode: LayoutEpisode, key: str) -> VideoWindow:
         """The episode's frames of one camera; rejects the episode if the file is absent."""
         relative, start, count = episode.videos[key]
-        path = require_file(self.root / relative, self.root, "video file")
-        return VideoWindow(path, start, count)
+        return self.files.video_window(relative, start, count)
 
     def read_rows(self, episode: LayoutEpisode, columns: list[str]) -> pa.Table:
         """The episode's rows (``columns`` plus the clock columns), checked against its metadata."""
         relative = episode.data_file
-        path = require_file(self.root / relative, self.root, "data file")
         wanted = list(dict.fromkeys([*columns, *CLOCK_COLUMNS]))
-        try:
-            names = pq.read_schema(path).names
-            missing = [c for c in wanted if c not in names]
-            if missing:
-                raise EpisodeRejected("missing_column", relative, f"data file {relative} lacks column(s) {', '.join(missing)}")
-            table = pq.read_table(path, columns=wanted) if episode.rows is None else _read_index_range(path, wanted, *episode.rows)
-        except (pa.ArrowException, OSError) as exc:
-            raise EpisodeRejected("unreadable_file", relative, f"data file {relative} cannot be read ({exc})") from None
+        with self.files.data_file(relative, wanted, episode.rows) as path:
+            try:
+                names = pq.read_schema(path).names
+                missing = [c for c in wanted if c not in names]
+                if missing:
+                    raise EpisodeRejected("missing_column", relative, f"data file {relative} lacks column(s) {', '.join(missing)}")
+                table = pq.read_table(path, columns=wanted) if episode.rows is None else _read_index_range(path, wanted, *episode.rows)
+            except (pa.ArrowException, OSError) as exc:
+                raise EpisodeRejected("unreadable_file", relative, f"data file {relative} cannot be read ({exc})") from None
         where = relative if episode.rows is None else f"{relative} rows index {episode.rows[0]}..{episode.rows[1] - 1}"
         if table.num_rows == 0:
             raise EpisodeRejected("empty", relative, f"data file {where} has no rows for episode {episode.index}")
@@ -266,13 +312,7 @@ def _read_index_range(path: Path, columns: list[str], first: int, stop: int) -> 
     overlap that range: a v3 data file holds up to ~100 MB of other episodes (lerobot writes one
     row group per episode)."""
     parquet = pq.ParquetFile(path)
-    leaf = next(i for i in range(len(parquet.schema)) if parquet.schema.column(i).path == "index")
-    groups = []
-    for group in range(parquet.metadata.num_row_groups):
-        stats = parquet.metadata.row_group(group).column(leaf).statistics
-        if stats is None or not stats.has_min_max or (stats.min < stop and stats.max >= first):
-            groups.append(group)
-    table = parquet.read_row_groups(groups, columns=columns)
+    table = parquet.read_row_groups(overlapping_row_groups(parquet, first, stop), columns=columns)
     index = table.column("index")
     return table.filter(pc.and_(pc.greater_equal(index, first), pc.less(index, stop)))
 
