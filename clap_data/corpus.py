@@ -14,6 +14,11 @@ number of rows, and the same views serve ad-hoc questions (``clap-data sql``), t
   row per dataset: robot_type, root, fps, episodes, frames, token columns).
 
 A filter on ``dataset`` costs nothing: DuckDB drops the other datasets' branches of the union before reading.
+
+A dataset may be a URL (``hf://datasets/ORG/NAME[@REV]``, any fsspec URL): its small metadata is mirrored locally
+(:class:`~clap_data.sources.remote_files.RemoteFolder`, pinned to the commit it resolves to) and DuckDB reads
+its data files through the same fsspec filesystem, registered with the connection — DuckDB's own ``httpfs``
+extension, which it would download on first use, is not needed. Remote datasets are read-only: no lock.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from clap_data.lerobot_v3 import layout
 from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.locking import dataset_lock
 from clap_data.schemas import QUARANTINE_SCHEMA
+from clap_data.sources.remote_files import RemoteFolder
+from clap_data.urls import is_url
 
 VIEWS = ("frames", "episodes", "tasks", "quarantine", "datasets")
 
@@ -56,15 +63,22 @@ def first_sentence(error: duckdb.Error) -> str:
 
 @dataclass(frozen=True)
 class CorpusDataset:
-    """One dataset of a corpus: the name its rows carry in the views, and its metadata."""
+    """One dataset of a corpus: the name its rows carry in the views, its metadata, where its files are (its
+    folder, or its pinned URL, whose metadata is mirrored at ``meta.root``) and its data files (relative)."""
 
     name: str
     meta: DatasetMetadata
+    location: str
+    data_files: tuple[str, ...]
 
-    def frames_select(self, files: list[Path] | None = None) -> str:
-        """Its data rows (all files, or ``files``) with ``dataset`` and ``robot_type`` in front."""
-        paths = files if files is not None else [self.meta.root / "data" / "chunk-*" / "file-*.parquet"]
-        sources = "[" + ", ".join(sql_literal(str(p)) for p in paths) + "]"
+    def path(self, relative: str) -> str:
+        """A file of the dataset as DuckDB reads it: a local path or a URL."""
+        return f"{self.location}/{relative}"
+
+    def frames_select(self, files: list[str] | None = None) -> str:
+        """Its data rows (all data files, or the relative ``files``) with ``dataset`` and ``robot_type`` in front."""
+        paths = [self.path(f) for f in files or ["data/chunk-*/file-*.parquet"]]
+        sources = "[" + ", ".join(sql_literal(p) for p in paths) + "]"
         return (f"SELECT {sql_literal(self.name)} AS dataset, {sql_literal(self.meta.robot_type)} AS robot_type, * "
                 f"FROM read_parquet({sources}, union_by_name = true)")
 
@@ -102,7 +116,7 @@ def _view_statements(datasets: list[CorpusDataset]) -> dict[str, str]:
     quarantined = [with_name(ds, ds.meta.root / layout.QUARANTINE_PATH) for ds in datasets
                    if (ds.meta.root / layout.QUARANTINE_PATH).is_file()]
     rows = ", ".join(
-        f"({sql_literal(ds.name)}, {sql_literal(ds.meta.robot_type)}, {sql_literal(str(ds.meta.root))}, "
+        f"({sql_literal(ds.name)}, {sql_literal(ds.meta.robot_type)}, {sql_literal(ds.location)}, "
         f"{ds.meta.fps}, {ds.meta.total_episodes}, {ds.meta.total_frames}, "
         f"CAST([{', '.join(sql_literal(c) for c in ds.meta.token_columns)}] AS VARCHAR[]))"
         for ds in datasets
@@ -124,36 +138,50 @@ def _empty_quarantine() -> str:
     return "SELECT " + ", ".join(f"CAST(NULL AS VARCHAR) AS {sql_identifier(n)}" for n in names) + " WHERE false"
 
 
-def _load(roots: list[Path]) -> list[CorpusDataset]:
+def _local_dataset(root: Path) -> tuple[DatasetMetadata, str, tuple[str, ...]]:
+    if not root.is_dir():
+        raise ClapDataError(f"{root} does not exist" if not root.exists() else f"{root} is not a folder")
+    meta = DatasetMetadata.load(root)
+    return meta, str(meta.root), tuple(meta.data_files())
+
+
+def _load(roots: list[str | Path], remotes: dict[str, RemoteFolder]) -> list[CorpusDataset]:
+    """The datasets, checked; ``remotes`` holds the folders of the URLs among ``roots`` (opened once)."""
     if not roots:
         raise ClapDataError("give at least one dataset")
+    found = []
     for root in roots:
-        if not Path(root).is_dir():
-            raise ClapDataError(f"{root} does not exist" if not Path(root).exists() else f"{root} is not a folder")
-    metas = [DatasetMetadata.load(Path(root)) for root in roots]
-    seen: dict[Path, Path] = {}
-    for root, meta in zip(roots, metas, strict=True):
-        resolved = meta.root.resolve()
-        if resolved in seen:
-            raise ClapDataError(f"{root} is given twice (also as {seen[resolved]}): its rows would count twice")
-        seen[resolved] = Path(root)
-        if not meta.data_files():
+        if str(root) in remotes:
+            folder = remotes[str(root)]
+            found.append((DatasetMetadata.load(folder.root), folder.location, tuple(folder.glob("data/chunk-*/file-*.parquet"))))
+        else:
+            found.append(_local_dataset(Path(root)))
+    seen: dict[str, str | Path] = {}
+    for root, (_, location, data_files) in zip(roots, found, strict=True):
+        key = location if is_url(location) else str(Path(location).resolve())
+        if key in seen:
+            raise ClapDataError(f"{root} is given twice (also as {seen[key]}): its rows would count twice")
+        seen[key] = root
+        if not data_files:
             raise ClapDataError(f"{root} has no data files (data/chunk-*/file-*.parquet)")
-    return [CorpusDataset(name, meta) for name, meta in zip(unique_names([m.root for m in metas]), metas, strict=True)]
+    names = unique_names([meta.root for meta, _, _ in found])
+    return [CorpusDataset(name, meta, location, files) for name, (meta, location, files) in zip(names, found, strict=True)]
 
 
 @contextmanager
 def open_corpus(
-    roots: list[Path], *, purpose: str, database: str = ":memory:", threads: int | None = None,
+    roots: list[str | Path], *, purpose: str, database: str = ":memory:", threads: int | None = None,
     memory_limit: str | None = None,
 ) -> Iterator[Corpus]:
-    """The views over ``roots`` in a DuckDB ``database`` (in memory, or a file that keeps them), each
-    dataset's lock held shared for the block so that no writer changes a dataset while it is read."""
-    _load(roots)  # what is not a dataset is refused before a lock file is made beside it
+    """The views over ``roots`` (folders or URLs) in a DuckDB ``database`` (in memory, or a file that keeps them),
+    each local dataset's lock held shared for the block so that no writer changes a dataset while it is read."""
+    remotes = {str(root): RemoteFolder(str(root), also=(layout.QUARANTINE_PATH,)) for root in roots if is_url(root)}
+    local = [Path(root) for root in roots if str(root) not in remotes]
+    _load(roots, remotes)  # what is not a dataset is refused before a lock file is made beside it
     with ExitStack() as stack:
-        for root in roots:
-            stack.enter_context(dataset_lock(Path(root), exclusive=False, purpose=purpose))
-        datasets = _load(roots)  # again, now that no writer can change them
+        for root in local:
+            stack.enter_context(dataset_lock(root, exclusive=False, purpose=purpose))
+        datasets = _load(roots, remotes)  # again, now that no writer can change them
         spill = tempfile.mkdtemp(prefix="clap-duckdb-")  # DuckDB would spill into ./.tmp otherwise
         stack.callback(shutil.rmtree, spill, True)
         try:
@@ -168,6 +196,8 @@ def open_corpus(
             connection.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             connection.execute(f"SET memory_limit = {sql_literal(memory_limit)}")
+        for folder in {folder.fs.protocol: folder for folder in remotes.values()}.values():
+            connection.register_filesystem(folder.fs)  # one per protocol: DuckDB reads hf://… through it
         for view, select in _view_statements(datasets).items():
             try:
                 connection.execute(f"CREATE OR REPLACE VIEW {view} AS {select}")

@@ -279,8 +279,8 @@ def _count_transitions(con: duckdb.DuckDBPyConnection, col: _Column, by: str, va
     pending = 0
     for ds, chunk in col.members:
         key, grp, join = _integer_group(ds, by)
-        for relative in ds.meta.data_files():
-            source = ds.frames_select([ds.meta.root / relative])
+        for relative in ds.data_files:
+            source = ds.frames_select([relative])
             pending += con.execute(f"""
                 INSERT INTO {table}
                 WITH src AS (SELECT {key} AS key, f.episode_index, f.frame_index, f.{mask}[1] > 0.5 AS l,
@@ -376,7 +376,7 @@ def token_stats(corpus: Corpus, *, by: str = "robot_type", top: int = 5, valid_o
         checkpoints = sorted({str(identity.get("checkpoint_sha256")) for identity in col.identities.values()})
         columns.append(ColumnStats(col.name, col.num_queries, col.codebook_size, [ds.name for ds, _ in col.members],
                                    checkpoints, overall, groups))
-    datasets = [{"dataset": ds.name, "root": str(ds.meta.root), "robot_type": ds.meta.robot_type,
+    datasets = [{"dataset": ds.name, "root": ds.location, "robot_type": ds.meta.robot_type,
                  "frames": ds.meta.total_frames, "token_columns": ds.meta.token_columns} for ds in corpus.datasets]
     return TokenStats(by, valid_only, datasets, columns, _human_robot(con, found, notices), notices)
 

@@ -111,3 +111,11 @@ def training_run_line(report: Any, on: str) -> str:
     resumed = f", resumed from step {report.resumed_from}" if report.resumed_from else ""
     return f"{report.steps} steps on {on} in {report.seconds:.1f} s{resumed}"
 
+
+
+def dataset_arguments(items: list[str]) -> list[str | Path]:
+    """Dataset arguments as given: a folder, or a URL (``hf://datasets/…``) kept as text — a ``Path`` would fold
+    its ``//``."""
+    from clap_data.urls import is_url
+
+    return [item if is_url(item) else Path(item) for item in items]

@@ -15,8 +15,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clap_data.cli.common import app, stderr, stdout, traceback_log_dir, user_errors
+from clap_data.cli.common import app, dataset_arguments, stderr, stdout, traceback_log_dir, user_errors
 from clap_data.errors import ClapDataError
+from clap_data.urls import is_url
 
 _FETCH = 10_000  # rows per fetch when printing JSON or CSV, so a large result streams
 _HELP = """\
@@ -32,11 +33,11 @@ def _history_file() -> Path:
     return traceback_log_dir().parent / "sql_history"
 
 
-def split_query(items: list[str]) -> tuple[list[Path], str | None]:
-    """``DATASET... [QUERY]``: the last argument is the query when it is not a folder. One without a space
-    is no query, so a mistyped dataset is reported as missing rather than run as SQL."""
-    if len(items) < 2 or Path(items[-1]).is_dir():
-        return [Path(item) for item in items], None
+def split_query(items: list[str]) -> tuple[list[str | Path], str | None]:
+    """``DATASET... [QUERY]``: the last argument is the query when it is not a folder or a URL. One without a
+    space is no query, so a mistyped dataset is reported as missing rather than run as SQL."""
+    if len(items) < 2 or Path(items[-1]).is_dir() or is_url(items[-1]):
+        return dataset_arguments(items), None
     query = items[-1]
     if Path(query).is_file():
         raise ClapDataError(f"{query} is a file, not a dataset folder; to run the statements it holds: "
@@ -44,7 +45,7 @@ def split_query(items: list[str]) -> tuple[list[Path], str | None]:
     if not query.split(maxsplit=1)[1:]:
         raise ClapDataError(f"{query} does not exist: give dataset folders, then optionally a query as the last "
                             "argument")
-    return [Path(item) for item in items[:-1]], query
+    return dataset_arguments(items[:-1]), query
 
 
 def _cell(value: Any) -> str:
@@ -298,7 +299,8 @@ def _print_divergence(divergence: Any, num_queries: int) -> None:
 @app.command("stats", no_args_is_help=True)
 @user_errors
 def stats(
-    datasets: Annotated[list[Path], typer.Argument(help="Tokenized datasets (action_tokens and/or pseudo_tokens).")],
+    datasets: Annotated[list[str], typer.Argument(
+        help="Tokenized datasets (action_tokens and/or pseudo_tokens): folders, or hf://datasets/ORG/NAME[@REV].")],
     as_json: Annotated[bool, typer.Option("--json", help="Print every figure as JSON.")] = False,
     by: Annotated[str, typer.Option(help="Group by robot_type, task or dataset.")] = "robot_type",
     top: Annotated[int, typer.Option(min=1, help="Most used codes listed per slot and group.")] = 5,
@@ -311,7 +313,7 @@ def stats(
 
     if by not in BY_KEYS:
         raise typer.BadParameter(f"{by!r} is not one of {', '.join(BY_KEYS)}", param_hint="--by")
-    with open_corpus(datasets, purpose="stats") as corpus:
+    with open_corpus(dataset_arguments(datasets), purpose="stats") as corpus:
         result = token_stats(corpus, by=by, top=top, valid_only=valid_only)
     if not result.columns:
         raise ClapDataError("none of the datasets has a token column: run clap-data tokenize act-vae or "

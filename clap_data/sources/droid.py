@@ -37,7 +37,7 @@ from clap_data.sources.base import CanonicalEpisode, EpisodeRef, Source
 from clap_data.sources.lerobot import LeRobotSource
 from clap_data.sources.lerobot_layout import INFO_PATH, LeRobotLayout
 from clap_data.sources.mapping import parse_mapping
-from clap_data.sources.remote_files import is_url
+from clap_data.urls import is_url
 
 EMBODIMENT = "droid"
 RLDS_SHARD_GLOB = "*.tfrecord-*-of-*"

@@ -149,7 +149,8 @@ def layout_files(src: str | Path | LayoutFiles) -> LayoutFiles:
     """The files of ``--src``: a local folder, or a URL (``hf://…``, any fsspec URL) read by byte range."""
     if not isinstance(src, str | Path):
         return src
-    from clap_data.sources.remote_files import RemoteFiles, is_url
+    from clap_data.sources.remote_files import RemoteFiles
+    from clap_data.urls import is_url
 
     return RemoteFiles(str(src)) if is_url(src) else LocalFiles(Path(src))
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from clap_data.sources.base import Source
-from clap_data.sources.remote_files import is_url
+from clap_data.urls import is_url
 
 
 @dataclass(frozen=True)

@@ -49,11 +49,6 @@ INDEX_CACHE_FILES = 32  # files whose index a worker keeps (a large MP4's is ~1 
 _INDEX_CACHE: OrderedDict[tuple[str, int], list[tuple[int, bytes]]] = OrderedDict()
 
 
-def is_url(src: str | os.PathLike[str]) -> bool:
-    """Whether ``--src`` names a remote location (``scheme://…``) rather than a folder on this machine."""
-    return "://" in str(src)
-
-
 def cache_home() -> Path:
     """Where metadata mirrors are kept: ``$CLAP_DATA_CACHE``, else ``$XDG_CACHE_HOME/clap-data``, else
     ``~/.cache/clap-data``."""
@@ -83,24 +78,38 @@ def _with_retries(action: Any, what: str) -> Any:
     raise AssertionError(f"unreachable: {what}")
 
 
-class RemoteFiles:
-    """A remote LeRobot dataset: the local mirror of its metadata (``root``) and per-episode sparse fetches."""
+class RemoteFolder:
+    """A dataset folder at a URL: its filesystem (``fs``, ``base``), its pinned ``location``, and ``root``, the local
+    mirror of its ``meta/`` folder (and of the top-level files ``also`` names, where they exist)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, also: tuple[str, ...] = ()):
         import fsspec
 
         self.location = _pinned(url)
         try:
             self.fs, self.base = fsspec.core.url_to_fs(self.location)
         except (ImportError, ValueError) as exc:
-            raise ClapDataError(f"--src {url} cannot be opened: {exc}") from None
-        self.root = metadata_mirror(self.fs, self.base, self.location)
+            raise ClapDataError(f"{url} cannot be opened: {exc}") from None
+        self.root = metadata_mirror(self.fs, self.base, self.location, also)
 
     def __repr__(self) -> str:
-        return f"RemoteFiles({self.location!r})"
+        return f"{type(self).__name__}({self.location!r})"
 
     def _remote(self, relative: str) -> str:
         return f"{self.base.rstrip('/')}/{relative}"
+
+    def glob(self, pattern: str) -> list[str]:
+        """The paths, relative to the folder, of its files matching ``pattern`` (listing only, nothing fetched)."""
+        base = self.base.rstrip("/")
+        try:
+            found = _with_retries(lambda: self.fs.glob(f"{base}/{pattern}"), f"listing {pattern}")
+        except Exception as exc:
+            raise ClapDataError(f"{self.location}: {pattern} cannot be listed ({exc})") from None
+        return sorted(str(path)[len(base) + 1:] for path in found)
+
+
+class RemoteFiles(RemoteFolder):
+    """A remote LeRobot dataset read by an ingest: listing from the metadata mirror, per-episode sparse fetches."""
 
     @contextmanager
     def data_file(self, relative: str, columns: list[str], rows: tuple[int, int] | None) -> Iterator[Path]:
@@ -309,7 +318,7 @@ def _pinned(url: str) -> str:
     match = _HF_URL.match(url.rstrip("/"))
     if match is None:
         if url.startswith("hf://"):
-            raise ClapDataError(f"--src {url} is not a Hub dataset URL; write hf://datasets/ORG/NAME[@REVISION][/FOLDER]")
+            raise ClapDataError(f"{url} is not a Hub dataset URL; write hf://datasets/ORG/NAME[@REVISION][/FOLDER]")
         return url.rstrip("/")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
@@ -319,18 +328,19 @@ def _pinned(url: str) -> str:
     try:
         sha = HfApi().repo_info(repo_id, repo_type=kind, revision=match["rev"]).sha
     except RevisionNotFoundError:
-        raise ClapDataError(f"--src {url}: the {kind} {repo_id} has no revision {match['rev']!r}") from None
+        raise ClapDataError(f"{url}: the {kind} {repo_id} has no revision {match['rev']!r}") from None
     except RepositoryNotFoundError:
-        raise ClapDataError(f"--src {url}: no {kind} {repo_id} on the Hub (or it is private and no token is set)") from None
+        raise ClapDataError(f"{url}: no {kind} {repo_id} on the Hub (or it is private and no token is set)") from None
     except (HfHubHTTPError, OSError) as exc:
-        raise ClapDataError(f"--src {url}: the Hub cannot be reached ({exc})") from None
+        raise ClapDataError(f"{url}: the Hub cannot be reached ({exc})") from None
     return f"hf://{match['kind']}/{repo_id}@{sha}{(match['sub'] or '').rstrip('/')}"
 
 
-def metadata_mirror(fs: Any, base: str, location: str) -> Path:
-    """A local copy of the source's ``meta/`` folder, what listing reads. Kept in :func:`cache_home` per location;
-    a pinned Hub commit is reused as it is, any other location is fetched afresh. The folder is named like the
-    dataset, so provenance names it as it would a local copy."""
+def metadata_mirror(fs: Any, base: str, location: str, also: tuple[str, ...] = ()) -> Path:
+    """A local copy of the dataset's ``meta/`` folder (and of the top-level files ``also`` names, where they exist),
+    what listing reads. Kept in :func:`cache_home` per location; a pinned Hub commit is reused as it is, any other
+    location is fetched afresh. The folder is named like the dataset, so messages and provenance name it as they
+    would a local copy."""
     name = location.split("@")[0].rstrip("/").rsplit("/", 1)[-1] or "source"
     slot = cache_home() / "sources" / hashlib.sha256(location.encode()).hexdigest()[:16]
     mirror = slot / name
@@ -341,9 +351,10 @@ def metadata_mirror(fs: Any, base: str, location: str) -> Path:
     try:
         found = _with_retries(lambda: fs.find(remote), f"listing {remote}")
     except Exception as exc:
-        raise ClapDataError(f"--src {location}: its metadata folder cannot be listed ({exc})") from None
+        raise ClapDataError(f"{location}: its metadata folder cannot be listed ({exc})") from None
     if not found:
-        raise ClapDataError(f"--src {location} has no {METADATA_FOLDER}/ folder; is it a LeRobot dataset?")
+        raise ClapDataError(f"{location} has no {METADATA_FOLDER}/ folder; is it a LeRobot dataset?")
+    found += [f"{base.rstrip('/')}/{name}" for name in also if _with_retries(lambda n=name: fs.isfile(f"{base.rstrip('/')}/{n}"), name)]
     building = slot.with_name(f".{slot.name}.tmp-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     try:
@@ -356,7 +367,7 @@ def metadata_mirror(fs: Any, base: str, location: str) -> Path:
         shutil.rmtree(slot, ignore_errors=True)
         os.rename(building, slot)
     except Exception as exc:
-        raise ClapDataError(f"--src {location}: its metadata cannot be fetched ({type(exc).__name__}: {exc})") from None
+        raise ClapDataError(f"{location}: its metadata cannot be fetched ({type(exc).__name__}: {exc})") from None
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return mirror
