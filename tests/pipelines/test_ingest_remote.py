@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import av
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -139,14 +140,14 @@ refs = source.list_episodes()
 for index in sys.argv[2:]:
     ref = refs[int(index)]
     episode = source.read_episode(ref)
-    print(json.dumps({"details": ref.details, "frames": len(episode.state),
+    print(json.dumps({"details": ref.details, "frames": len(episode.state), "state": episode.state.tolist(),
                       "windows": {c: [w.start, w.count, w.name, w.fetched] for c, w in episode.videos.items()}}))
 """
 
 
-def read_episodes(env: dict[str, str], *indices: int) -> list[dict]:
+def read_episodes(env: dict[str, str], *indices: int, url: str = URL) -> list[dict]:
     """Read episodes in one process, as a worker does (``read_episode``), without converting them."""
-    result = subprocess.run([sys.executable, "-c", READ_EPISODES, URL, *map(str, indices)], env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", READ_EPISODES, url, *map(str, indices)], env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.strip().splitlines()[-len(indices):]]
@@ -179,6 +180,23 @@ def test_episodes_fetch_their_own_bytes_and_each_file_s_metadata_once(hub, clien
     for read in reads:
         assert all(fetched for *_, fetched in read["windows"].values())
         assert {name for _, _, name, _ in read["windows"].values()} <= {r for r, _, _ in read["details"]["videos"].values()}
+
+
+def test_a_lerobot_v2_1_port_reads_from_the_hub_as_from_its_folder(hub, client_env, tmp_path):
+    """v2.1: one data file and one video per episode, fetched (its columns, its packets) and read as locally."""
+    port = write_lerobot_dataset(tmp_path / "v21", version="v2.1", flavour="droid", episode_lengths=(18, 21, 16),
+                                 video_size=(64, 48))
+    hub.commit_files("remote/droid-port-v21", {str(p.relative_to(port)): p.read_bytes() for p in sorted(port.rglob("*"))
+                                               if p.is_file()})
+    reads = read_episodes(client_env, 0, 2, url="hf://datasets/remote/droid-port-v21")
+    source = DroidSource(port)
+    refs = source.list_episodes()
+    for read, ref in zip(reads, (refs[0], refs[2]), strict=True):
+        local = source.read_episode(ref)
+        np.testing.assert_array_equal(np.array(read["state"]), local.state)
+        for camera, (start, count, name, fetched) in read["windows"].items():
+            assert fetched and name == str(local.videos[camera].path.relative_to(port))
+            assert (start, count) == (local.videos[camera].start, local.videos[camera].count)
 
 
 def test_dropped_connections_are_retried(hub, client_env):
