@@ -21,6 +21,7 @@ from rich.table import Table
 
 from clap_data import __version__
 from clap_data.errors import ClapDataError, ExitCode
+from clap_data.urls import is_url
 
 app = typer.Typer(
     add_completion=False,
@@ -116,6 +117,4 @@ def training_run_line(report: Any, on: str) -> str:
 def dataset_arguments(items: list[str]) -> list[str | Path]:
     """Dataset arguments as given: a folder, or a URL (``hf://datasets/…``) kept as text — a ``Path`` would fold
     its ``//``."""
-    from clap_data.urls import is_url
-
     return [item if is_url(item) else Path(item) for item in items]

@@ -39,7 +39,7 @@ from clap_data.sources.base import (
     nearest_frames,
     select_frames,
 )
-from clap_data.sources.lerobot_layout import LayoutEpisode, LayoutFiles, LeRobotLayout, column_matrix
+from clap_data.sources.lerobot_layout import CLOCK_COLUMNS, LayoutEpisode, LayoutFiles, LeRobotLayout, column_matrix
 from clap_data.sources.mapping import (
     EMPTY_INSTRUCTION,
     TASK,
@@ -135,6 +135,11 @@ class LeRobotSource:
         names += list(self.mapping.extra.values())
         return list(dict.fromkeys(names))
 
+    @property
+    def data_columns(self) -> list[str]:
+        """The data-file columns an episode read uses (the mapping's, then the clock's): all a remote read fetches."""
+        return list(dict.fromkeys([*self._columns, *CLOCK_COLUMNS]))
+
     def describe(self) -> dict[str, Any]:
         """Provenance, with the whole parsed mapping: an edited mapping file is then a different run
         (no resuming on episodes converted with the old one) and the output says how it was read."""
@@ -157,7 +162,7 @@ class LeRobotSource:
 
     def read_episode(self, ref: EpisodeRef) -> CanonicalEpisode:
         episode = LayoutEpisode.from_details(ref.details)
-        table = self._layout.read_rows(episode, self._columns)
+        table = self._layout.read_rows(episode, self.data_columns)
         relative = episode.data_file
         self._layout.check_clock(table, relative)
         # The frames written: all of them, or (--fps) those nearest in time to the output frames.

@@ -16,6 +16,9 @@ files' metadata, and a worker keeps the metadata of the files it has read, for t
 quarantines the episode with that reason, and rerunning the same command tries it again (the run resumes).
 Hub sources are pinned to the commit they resolve to when listed, so every worker, and a resumed run, reads the
 same bytes; a branch that moves in between makes a new run, not a mixed one.
+
+:class:`RemoteFolder` (the pinned location, its filesystem and the metadata mirror) is what ``sql`` and ``stats``
+use for a dataset at a URL (:mod:`clap_data.corpus`); :class:`RemoteFiles` adds the per-episode fetches.
 """
 
 from __future__ import annotations
