@@ -205,6 +205,28 @@ def test_a_lerobot_v2_1_port_reads_from_the_hub_as_from_its_folder(hub, client_e
             assert (start, count) == (local.videos[camera].start, local.videos[camera].count)
 
 
+def test_any_fsspec_url_reads_as_the_folder(port, tmp_path, monkeypatch):
+    """A ``file://`` URL goes through the same fetching path (fsspec's local filesystem) as ``hf://``."""
+    monkeypatch.setenv("CLAP_DATA_CACHE", str(tmp_path / "cache"))
+    remote, local = DroidSource(f"file://{port}"), DroidSource(port)
+    assert remote.describe()["root"] == f"file://{port}"
+    ref = remote.list_episodes()[PER_DATA_FILE + 1]
+    assert ref == local.list_episodes()[PER_DATA_FILE + 1]
+    fetched, expected = remote.read_episode(ref), local.read_episode(ref)
+    np.testing.assert_array_equal(fetched.state, expected.state)
+    for camera, window in fetched.videos.items():
+        original = expected.videos[camera].path.read_bytes()
+        copy = window.path.read_bytes()
+        assert window.fetched and len(copy) == len(original) and copy != original  # the other episodes' bytes: holes
+        probe = video.probe_video(window.path)  # the index is all there: the same frames as the original's
+        assert probe == video.probe_video(expected.videos[camera].path)
+        video.check_decodes(window.path, probe, full=True, start=window.start, count=window.count)
+        keyframes = video.sample_keyframes(window.path, probe, 8, window.start, window.count)
+        original_keyframes = video.sample_keyframes(expected.videos[camera].path, probe, 8, window.start, window.count)
+        np.testing.assert_array_equal(keyframes, original_keyframes)
+        window.path.unlink()
+
+
 def test_dropped_connections_are_retried(hub, client_env):
     hub.drop_ranged_reads(3)
     before = len(hub.requests_matching("GET", "/resolve/"))
