@@ -30,7 +30,7 @@ folder, and ``fps`` must be a positive number, which each episode's timestamps m
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -121,8 +121,8 @@ class LayoutFiles(Protocol):
     root: Path
     location: str
 
-    def data_file(self, relative: str, columns: list[str], rows: tuple[int, int] | None) -> Any:
-        """A context manager giving a local path to read ``columns`` of the data file's rows ``rows`` from."""
+    def data_file(self, relative: str, columns: list[str], rows: tuple[int, int] | None) -> AbstractContextManager[Path]:
+        """A local path to read ``columns`` of the data file's rows ``rows`` from, for the block."""
         ...
 
     def video_window(self, relative: str, start: int, count: int | None) -> VideoWindow: ...
