@@ -13,11 +13,15 @@ keeps a common subset), cameras of different frame sizes, token columns that not
 tokenizer (checkpoint, statistics, queries — ``--drop-tokens`` leaves them out), a video file whose packets are not
 in display order (B-frames), ``--out`` among the inputs. The output appears atomically (built beside ``--out``,
 renamed into place) under the output's lock, with every input held under a shared lock; a run that dies leaves no
-output, and rerunning it starts the copy again.
+output. It resumes: after each input the assembler checkpoints (every file written so far complete, its state in
+``.<out>.clap-merge/checkpoint.json``, with the identity of the inputs and options), and a rerun of the same merge
+goes on after the last input checkpointed — writing the same bytes as a run never interrupted — while a merge of
+other inputs (or changed ones: their manifests differ) or options starts afresh.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -30,10 +34,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clap_data import __version__, video
-from clap_data.atomic import building_dir, remove_temp_leftovers
+from clap_data.atomic import write_json_atomic
 from clap_data.conversion import video_record
 from clap_data.errors import ClapDataError
+from clap_data.hashing import file_sha256
 from clap_data.lerobot_v3 import layout
+from clap_data.lerobot_v3.manifest import MANIFEST_PATH
 from clap_data.lerobot_v3.metadata import DatasetMetadata
 from clap_data.lerobot_v3.writer import DatasetAssembler
 from clap_data.locking import dataset_lock
@@ -69,6 +75,7 @@ class MergeReport:
     token_columns: list[str] = field(default_factory=list)
     dropped_token_columns: list[str] = field(default_factory=list)
     quarantined: int = 0
+    resumed_inputs: int = 0  # inputs an interrupted run had merged and checkpointed, not merged again
     seconds: float = 0.0
 
 
@@ -238,23 +245,60 @@ def _merge_locked(inputs: list[DatasetMetadata], out: Path, request: MergeReques
     report = MergeReport(out=str(out), inputs=[str(meta.root) for meta in inputs], cameras=list(cameras),
                          token_columns=kept, dropped_token_columns=dropped)
     work_dir = out.parent / f".{out.name}.clap-merge"
-    remove_temp_leftovers(out.parent, work_dir.name)
-    shutil.rmtree(work_dir, ignore_errors=True)  # a complete merge that was not published: these inputs may differ
+    built = work_dir / "dataset"
+    identity = _identity(inputs, cameras, kept, dropped)
+    checkpoint = _read_checkpoint(work_dir, identity)
+    if checkpoint is None:
+        shutil.rmtree(work_dir, ignore_errors=True)  # another merge's work, or none
+        built.mkdir(parents=True)
+        assembler, done = DatasetAssembler(built, fps, robot_type, cameras, extra_features=extra), 0
+    else:
+        assembler = DatasetAssembler.resume(built, fps, robot_type, cameras, checkpoint["assembler"], extra_features=extra)
+        done = checkpoint["inputs_done"]
+        report.resumed_inputs = done
     total = sum(meta.total_episodes for meta in inputs)
-    reporter.phase(f"Merging {total} episodes of {len(inputs)} datasets")
-    reporter.start(total, 0)
+    reporter.phase(f"Merging {total} episodes of {len(inputs)} datasets"
+                   + (f" (resuming after {done} of them, checkpointed by an earlier run)" if done else ""))
+    reporter.start(total, assembler.episodes)
     try:
-        with building_dir(work_dir) as work:
-            assembler = DatasetAssembler(work, fps, robot_type, cameras, extra_features=extra)
-            for meta in inputs:
-                _append_dataset(assembler, meta, cameras, list(extra), reporter)
-            quarantine = _quarantine(inputs)
-            assembler.finish(_clap_meta(inputs, cameras, kept, dropped), quarantine)
-            report.episodes, report.frames, report.quarantined = assembler.episodes, assembler.frames, len(quarantine)
+        for number, meta in enumerate(inputs[done:], start=done + 1):
+            _append_dataset(assembler, meta, cameras, list(extra), reporter)
+            if number < len(inputs):
+                state = {"identity": identity, "inputs_done": number, "assembler": assembler.checkpoint()}
+                write_json_atomic(work_dir / CHECKPOINT, state)
+        quarantine = _quarantine(inputs)
+        assembler.finish(_clap_meta(inputs, cameras, kept, dropped), quarantine)
+        report.episodes, report.frames, report.quarantined = assembler.episodes, assembler.frames, len(quarantine)
     finally:
         reporter.stop()
-    _publish(work_dir, out, replaced)
+    _publish(built, out, replaced)
+    shutil.rmtree(work_dir, ignore_errors=True)
     return report
+
+
+CHECKPOINT = "checkpoint.json"
+
+
+def _identity(inputs: list[DatasetMetadata], cameras: tuple[str, ...], kept: list[str], dropped: list[str]) -> dict[str, Any]:
+    """What a checkpoint is valid for: this clap-data, the inputs in order — each by its path and the digest of its
+    manifest (which every clap-data writer rewrites), else of its ``info.json`` — and the options that shape the
+    output."""
+    def digest(meta: DatasetMetadata) -> str:
+        manifest = meta.root / MANIFEST_PATH
+        return file_sha256(manifest if manifest.is_file() else meta.root / layout.INFO_PATH)
+
+    return {"clap_data": __version__, "inputs": [[str(meta.root), digest(meta)] for meta in inputs],
+            "cameras": list(cameras), "token_columns": kept, "dropped_token_columns": dropped}
+
+
+def _read_checkpoint(work_dir: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint an interrupted run of this same merge left, or None."""
+    path = work_dir / CHECKPOINT
+    try:
+        checkpoint = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return checkpoint if checkpoint.get("identity") == identity and (work_dir / "dataset").is_dir() else None
 
 
 def _publish(work_dir: Path, out: Path, replaced: Path) -> None:

@@ -44,6 +44,8 @@ def merge(
     if report.dropped_token_columns:
         table.add_row("dropped", ", ".join(report.dropped_token_columns) + " (not from one tokenizer in every dataset)")
     table.add_row("quarantine", f"{report.quarantined} episode(s) carried over from the inputs")
+    if report.resumed_inputs:
+        table.add_row("resumed", f"after the first {report.resumed_inputs} dataset(s), merged by an interrupted run")
     stdout.print(table)
 
 

@@ -8,6 +8,8 @@ quantiles would need every frame in memory at once, and memory must stay bounded
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
@@ -88,6 +90,27 @@ class StatsAggregator:
         self._max[key] = np.maximum(self._max[key], stats["max"])
         for q in QUANTILES:
             self._quantile_sum[key][q] += stats[q] * n
+
+    def state(self) -> dict[str, Any]:
+        """The running sums as JSON (values and dtype, so that a resumed sum adds exactly as before)."""
+        def arrays(values: dict[str, np.ndarray]) -> dict[str, Any]:
+            return {key: {"dtype": str(a.dtype), "values": a.tolist()} for key, a in values.items()}
+
+        return {"count": dict(self._count), "sum": arrays(self._sum), "sumsq": arrays(self._sumsq),
+                "min": arrays(self._min), "max": arrays(self._max),
+                "quantile_sum": {key: arrays(q) for key, q in self._quantile_sum.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> StatsAggregator:
+        def arrays(values: dict[str, Any]) -> dict[str, np.ndarray]:
+            return {key: np.asarray(a["values"], dtype=a["dtype"]) for key, a in values.items()}
+
+        aggregator = cls()
+        aggregator._count = {key: int(n) for key, n in state["count"].items()}
+        aggregator._sum, aggregator._sumsq = arrays(state["sum"]), arrays(state["sumsq"])
+        aggregator._min, aggregator._max = arrays(state["min"]), arrays(state["max"])
+        aggregator._quantile_sum = {key: arrays(q) for key, q in state["quantile_sum"].items()}
+        return aggregator
 
     def result(self) -> dict[str, dict[str, list]]:
         out: dict[str, dict[str, list]] = {}

@@ -11,6 +11,7 @@ resumed ingest byte-identical to an uninterrupted one.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clap_data import __version__, video
-from clap_data.atomic import write_json_atomic
+from clap_data.atomic import temp_sibling, write_json_atomic
 from clap_data.lerobot_v3 import layout
 from clap_data.lerobot_v3.manifest import Manifest
 from clap_data.lerobot_v3.stats import StatsAggregator, feature_stats
@@ -68,6 +69,13 @@ class _RollingVideo:
             self._current.close()
             self.manifest.record(self.root, str(self._current.dst.relative_to(self.root)))
 
+    def close_file(self) -> None:
+        """Finish the current file; the next episode starts the next one (a checkpoint: every file is complete)."""
+        if self._current is not None:
+            self.close()
+            self._current = None
+            self.cursor.advance()
+
 
 class _RollingParquet:
     """A sequence of parquet files under one template, rolled by (uncompressed) size or rows."""
@@ -79,6 +87,7 @@ class _RollingParquet:
         self.max_bytes, self.max_rows = max_bytes, max_rows
         self.cursor = layout.FileCursor()
         self._writer: pq.ParquetWriter | None = None
+        self._temp = Path()
         self._bytes = 0
         self._rows = 0
 
@@ -91,20 +100,50 @@ class _RollingParquet:
             self._writer = None
             self.cursor.advance()
         if self._writer is None:
-            path = self.root / self.cursor.path(self.template)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.schema = self.schema or table.schema
-            self._writer = pq.ParquetWriter(path, self.schema, compression="snappy")
-            self._bytes = self._rows = 0
+            self._open(table.schema)
+        self._write(table)
+        return self.cursor.chunk_index, self.cursor.file_index
+
+    def _path(self) -> Path:
+        return self.root / self.cursor.path(self.template)
+
+    def _open(self, schema: pa.Schema) -> None:
+        """Start the current file, under a temporary name: it appears under its own only when closed, so a crash
+        never leaves a half-written file where a checkpoint's complete one was (:meth:`reopen`)."""
+        self._path().parent.mkdir(parents=True, exist_ok=True)
+        self.schema = self.schema or schema
+        self._temp = temp_sibling(self._path())
+        self._writer = pq.ParquetWriter(self._temp, self.schema, compression="snappy")
+        self._bytes = self._rows = 0
+
+    def _write(self, table: pa.Table) -> None:
+        assert self._writer is not None
         self._writer.write_table(table.cast(self.schema))
         self._bytes += table.nbytes
         self._rows += table.num_rows
-        return self.cursor.chunk_index, self.cursor.file_index
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            os.replace(self._temp, self._path())
+            self._writer = None
             self.manifest.record(self.root, self.cursor.path(self.template))
+
+    def reopen(self) -> None:
+        """Go on writing the current file after :meth:`close`: its rows so far are read back and written again (the
+        episodes metadata must keep filling one file, whose number follows from the episode index)."""
+        path = self._path()
+        if self._writer is None and path.is_file():
+            rows = pq.read_table(path)
+            self.schema = rows.schema  # as read back, in every run: the footer a resumed run writes is the same
+            self._open(rows.schema)
+            self._write(rows)
+
+    def close_file(self) -> None:
+        """Finish the current file; the next write starts the next one (a checkpoint: every file is complete)."""
+        if self._writer is not None:
+            self.close()
+            self.cursor.advance()
 
 
 class DatasetAssembler:
@@ -231,6 +270,47 @@ class DatasetAssembler:
             row["meta/episodes/file_index"] = file_number % layout.CHUNKS_SIZE
         self._meta.write(pa.Table.from_pylist(self._pending_meta))
         self._pending_meta = []
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Make every file written so far complete and return the assembler's state (JSON), from which
+        :meth:`resume` goes on after a crash: the next episode starts new data and video files, and the episodes
+        metadata file is reopened (its rows must keep filling one file). A merge checkpoints after each input, in
+        every run, so a resumed merge writes the same bytes as one that was never interrupted."""
+        self._flush_meta()
+        self._data.close_file()
+        for rolling in self._videos.values():
+            rolling.close_file()
+        self._meta.close()
+        state = {
+            "episodes": self.episodes, "frames": self.frames, "tasks": self._tasks,
+            "video_features": self._video_features, "manifest": self.manifest.files, "stats": self._stats.state(),
+            "cursors": {name: [rolling.cursor.chunk_index, rolling.cursor.file_index]
+                        for name, rolling in self._rolling_files().items()},
+        }
+        self._meta.reopen()
+        return json.loads(json.dumps(state))
+
+    def _rolling_files(self) -> dict[str, _RollingParquet | _RollingVideo]:
+        return {"data": self._data, "meta": self._meta, **{f"video:{camera}": r for camera, r in self._videos.items()}}
+
+    @classmethod
+    def resume(cls, root: Path, fps: int, robot_type: str, cameras: tuple[str, ...], state: dict[str, Any],
+               extra_features: dict[str, dict[str, Any]] | None = None) -> DatasetAssembler:
+        """The assembler as :meth:`checkpoint` left it, writing on into ``root``; the files a crash left half-written
+        after that checkpoint (any file its manifest does not list) are removed first."""
+        assembler = cls(root, fps, robot_type, cameras, extra_features)
+        assembler.manifest.files = dict(state["manifest"])
+        for path in root.rglob("*"):
+            if path.is_file() and str(path.relative_to(root)) not in assembler.manifest.files:
+                path.unlink()  # written after the checkpoint (temporary names included)
+        assembler.episodes, assembler.frames = state["episodes"], state["frames"]
+        assembler._tasks = dict(state["tasks"])
+        assembler._video_features = dict(state["video_features"])
+        assembler._stats = StatsAggregator.from_state(state["stats"])
+        for name, rolling in assembler._rolling_files().items():
+            rolling.cursor = layout.FileCursor(*state["cursors"][name])
+        assembler._meta.reopen()
+        return assembler
 
     def finish(self, clap_meta: dict[str, Any], quarantine: list[dict[str, str]]) -> None:
         """Close every file and write the metadata that describes them."""

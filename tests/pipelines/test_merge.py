@@ -179,3 +179,69 @@ def test_an_episode_starting_between_keyframes_is_refused(robot_copy, tokenized_
     with pytest.raises(ClapDataError, match="episode 1 of .* starts between keyframes"):
         merge_datasets([doctored, tokenized_corpus.robot], MergeRequest(out=tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def three_inputs(tokenized_corpus, robot_copy, tmp_path_factory) -> list[Path]:
+    third = tmp_path_factory.mktemp("third") / "astribot"
+    shutil.copytree(robot_copy, third)
+    return [tokenized_corpus.robot, robot_copy, third]
+
+
+@pytest.fixture(scope="module")
+def merged_three(three_inputs, tmp_path_factory) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("merged_three") / "out"
+    merge_datasets(three_inputs, MergeRequest(out=out))
+    return tree_bytes(out)
+
+
+class _Crash(Exception):
+    pass
+
+
+def crash_on_episode(monkeypatch, number: int) -> None:
+    """Make the ``number``-th episode appended (counting from 1, over the whole merge) crash the run."""
+    from clap_data.lerobot_v3.writer import DatasetAssembler
+
+    real, calls = DatasetAssembler.add_episode, []
+
+    def add_episode(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            raise _Crash("simulated crash")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetAssembler, "add_episode", add_episode)
+
+
+@pytest.mark.parametrize("crash_at", [5, 8])  # inside the second input (3 episodes each), inside the third
+def test_an_interrupted_merge_resumes_after_its_last_checkpoint_to_the_same_bytes(three_inputs, merged_three, tmp_path,
+                                                                                   monkeypatch, crash_at):
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        crash_on_episode(patch, crash_at)
+        with pytest.raises(_Crash):
+            merge_datasets(three_inputs, MergeRequest(out=out))
+    assert not out.exists()
+    checkpoint = json.loads((tmp_path / ".out.clap-merge" / "checkpoint.json").read_text())
+    assert checkpoint["inputs_done"] == (crash_at - 1) // 3
+    report = merge_datasets(three_inputs, MergeRequest(out=out))
+    assert report.resumed_inputs == (crash_at - 1) // 3
+    assert tree_bytes(out) == merged_three  # half-written files of the crashed input were thrown away, not kept
+    assert not (tmp_path / ".out.clap-merge").exists()
+
+
+def test_a_checkpoint_of_other_inputs_is_not_resumed(three_inputs, merged_three, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        crash_on_episode(patch, 5)
+        with pytest.raises(_Crash):
+            merge_datasets(three_inputs, MergeRequest(out=out))
+    report = merge_datasets(list(reversed(three_inputs)), MergeRequest(out=out))
+    assert report.resumed_inputs == 0
+    assert verify_dataset(out).ok
+    assert [m["path"] for m in DatasetMetadata.load(out).clap["source"]["merged_from"]] == [str(p) for p in reversed(three_inputs)]
