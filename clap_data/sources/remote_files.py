@@ -31,10 +31,10 @@ import struct
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow.parquet as pq
 
@@ -43,6 +43,7 @@ from clap_data.errors import ClapDataError
 from clap_data.sources.base import EpisodeRejected, VideoWindow
 from clap_data.sources.parquet_ranges import column_chunk_ranges, overlapping_row_groups
 
+T = TypeVar("T")
 ATTEMPTS = 5  # per byte range
 FIRST_BACKOFF_S = 0.25  # doubled after each failed attempt
 METADATA_FOLDER = "meta"
@@ -69,16 +70,18 @@ def _transient(exc: BaseException) -> bool:
     return status is None or status == 429 or status >= 500
 
 
-def _with_retries(action: Any, what: str) -> Any:
-    """``action()``, retried on transient errors with exponential backoff; the last error is re-raised."""
-    for attempt in range(ATTEMPTS):
+def _with_retries(action: Callable[[], T]) -> T:
+    """``action()``, retried on transient errors with exponential backoff (:data:`ATTEMPTS` in all); the last error
+    is re-raised."""
+    attempt = 0
+    while True:
         try:
             return action()
         except Exception as exc:
-            if attempt == ATTEMPTS - 1 or not _transient(exc):
+            attempt += 1
+            if attempt == ATTEMPTS or not _transient(exc):
                 raise
-            time.sleep(FIRST_BACKOFF_S * 2**attempt)
-    raise AssertionError(f"unreachable: {what}")
+            time.sleep(FIRST_BACKOFF_S * 2 ** (attempt - 1))
 
 
 class RemoteFolder:
@@ -105,7 +108,7 @@ class RemoteFolder:
         """The paths, relative to the folder, of its files matching ``pattern`` (listing only, nothing fetched)."""
         base = self.base.rstrip("/")
         try:
-            found = _with_retries(lambda: self.fs.glob(f"{base}/{pattern}"), f"listing {pattern}")
+            found = _with_retries(lambda: self.fs.glob(f"{base}/{pattern}"))
         except Exception as exc:
             raise ClapDataError(f"{self.location}: {pattern} cannot be listed ({exc})") from None
         return sorted(str(path)[len(base) + 1:] for path in found)
@@ -156,7 +159,7 @@ class SparseCopy:
         self._recording: list[tuple[int, bytes]] | None = None  # see caching_index
         self._file: Any = None
         try:
-            self.size = int(_with_retries(lambda: self._fs.size(self._remote), f"size of {relative}"))
+            self.size = int(_with_retries(lambda: self._fs.size(self._remote)))
         except FileNotFoundError:
             raise EpisodeRejected("missing_file", relative, f"{relative} is missing from {files.location}") from None
         except Exception as exc:
@@ -237,7 +240,7 @@ class SparseCopy:
     def _fetch_range(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` from the remote file, with retries; the episode is rejected if they cannot be had."""
         try:
-            return _with_retries(lambda: self._read_remote(start, end), self.relative)
+            return _with_retries(lambda: self._read_remote(start, end))
         except FileNotFoundError:
             raise EpisodeRejected("missing_file", self.relative, f"{self.relative} is missing from the source") from None
         except Exception as exc:
@@ -352,12 +355,12 @@ def metadata_mirror(fs: Any, base: str, location: str, also: tuple[str, ...] = (
         return mirror
     remote = f"{base.rstrip('/')}/{METADATA_FOLDER}"
     try:
-        found = _with_retries(lambda: fs.find(remote), f"listing {remote}")
+        found = _with_retries(lambda: fs.find(remote))
     except Exception as exc:
         raise ClapDataError(f"{location}: its metadata folder cannot be listed ({exc})") from None
     if not found:
         raise ClapDataError(f"{location} has no {METADATA_FOLDER}/ folder; is it a LeRobot dataset?")
-    found += [f"{base.rstrip('/')}/{name}" for name in also if _with_retries(lambda n=name: fs.isfile(f"{base.rstrip('/')}/{n}"), name)]
+    found += [f"{base.rstrip('/')}/{name}" for name in also if _with_retries(lambda n=name: fs.isfile(f"{base.rstrip('/')}/{n}"))]
     building = slot.with_name(f".{slot.name}.tmp-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     try:
@@ -365,7 +368,7 @@ def metadata_mirror(fs: Any, base: str, location: str, also: tuple[str, ...] = (
             relative = path[len(base.rstrip("/")) + 1:]
             target = building / name / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            _with_retries(lambda p=path, t=target: fs.get_file(p, str(t)), f"fetching {relative}")
+            _with_retries(lambda p=path, t=target: fs.get_file(p, str(t)))
         (building / "complete").write_text(location + "\n")
         shutil.rmtree(slot, ignore_errors=True)
         os.rename(building, slot)
