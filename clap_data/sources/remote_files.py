@@ -49,6 +49,8 @@ FIRST_BACKOFF_S = 0.25  # doubled after each failed attempt
 METADATA_FOLDER = "meta"
 _HF_URL = re.compile(r"^hf://(?P<kind>datasets|spaces|models)/(?P<org>[^/@]+)/(?P<name>[^/@]+)(?:@(?P<rev>[^/]+))?(?P<sub>/.*)?$")
 _PAYLOAD_BOX = b"mdat"
+FETCH_PREFIX = "clap-data-fetch-"  # + process id: the temporary names of fetched copies
+_ORPHANS_REMOVED = False
 INDEX_CACHE_FILES = 32  # files whose index a worker keeps (a large MP4's is ~1 MB)
 _INDEX_CACHE: OrderedDict[tuple[str, int], list[tuple[int, bytes]]] = OrderedDict()
 
@@ -171,7 +173,8 @@ class SparseCopy:
     @contextmanager
     def temporary(cls, files: RemoteFiles, relative: str, suffix: str, keep: bool = False) -> Iterator[SparseCopy]:
         """A copy in a fresh temporary file: removed after the block, or (``keep``) only if the block fails."""
-        handle, name = tempfile.mkstemp(prefix="clap-data-fetch-", suffix=suffix)
+        _remove_orphans()
+        handle, name = tempfile.mkstemp(prefix=f"{FETCH_PREFIX}{os.getpid()}-", suffix=suffix)
         os.close(handle)
         path = Path(name)
         copy = None
@@ -259,6 +262,29 @@ class SparseCopy:
             self.close()
             raise OSError(f"got {len(data)} bytes of range {start}-{end - 1}, expected {end - start}")
         return data
+
+
+def _remove_orphans() -> None:
+    """Delete the fetched copies that processes killed mid-episode (``kill -9``) left in the temporary folder: their
+    names carry the process id. Once per process, before its first fetch."""
+    global _ORPHANS_REMOVED
+    if _ORPHANS_REMOVED:
+        return
+    _ORPHANS_REMOVED = True
+    for path in Path(tempfile.gettempdir()).glob(f"{FETCH_PREFIX}*-*"):
+        pid = path.name[len(FETCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fetch_failure(relative: str, exc: BaseException) -> str:

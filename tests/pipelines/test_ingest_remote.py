@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import av
@@ -24,6 +25,7 @@ from clap_data.factories.lerobot import write_lerobot_dataset
 from clap_data.pipelines.ingest import IngestRequest, ingest
 from clap_data.sources.droid import DroidSource
 from clap_data.sources.parquet_ranges import column_chunk_ranges, overlapping_row_groups
+from clap_data.sources.remote_files import FETCH_PREFIX
 from tests.pipelines.test_ingest_atomicity import tree_digest, wait_for
 
 REPO = "remote/droid-port"
@@ -72,9 +74,15 @@ def remote_run(hub, client_env, tmp_path_factory) -> tuple[Path, subprocess.Comp
     """One ingest from the Hub, and the bytes the server sent for data and video files."""
     out = tmp_path_factory.mktemp("remote_ingest") / "out"
     before = {kind: hub.bytes_served(f"/{kind}/") for kind in ("data", "videos", "meta")}
+    copies_before = fetched_copies()
     result = cli_ingest(client_env, out)
     sent = {kind: hub.bytes_served(f"/{kind}/") - before[kind] for kind in before}
+    assert fetched_copies() <= copies_before, "the workers left fetched copies in the temporary folder"
     return out, result, sent
+
+
+def fetched_copies() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob(f"{FETCH_PREFIX}*"))
 
 
 def packets(path: Path) -> list[tuple[int | None, bytes]]:
@@ -140,6 +148,7 @@ def episode_video_bytes(path: Path, start: int, count: int) -> int:
 
 READ_EPISODES = """
 import json, sys
+from clap_data.sources.base import discard_fetched
 from clap_data.sources.droid import DroidSource
 source = DroidSource(sys.argv[1])
 refs = source.list_episodes()
@@ -148,6 +157,7 @@ for index in sys.argv[2:]:
     episode = source.read_episode(ref)
     print(json.dumps({"details": ref.details, "frames": len(episode.state), "state": episode.state.tolist(),
                       "windows": {c: [w.start, w.count, w.name, w.fetched] for c, w in episode.videos.items()}}))
+    discard_fetched(episode.videos.values())
 """
 
 
