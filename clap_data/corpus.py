@@ -145,17 +145,17 @@ def _local_dataset(root: Path) -> tuple[DatasetMetadata, str, tuple[str, ...]]:
     return meta, str(meta.root), tuple(meta.data_files())
 
 
-def _load(roots: list[str | Path], remotes: dict[str, RemoteFolder]) -> list[CorpusDataset]:
-    """The datasets, checked; ``remotes`` holds the folders of the URLs among ``roots`` (opened once)."""
+def _remote_dataset(url: str) -> tuple[DatasetMetadata, str, tuple[str, ...], RemoteFolder]:
+    folder = RemoteFolder(url, also=(layout.QUARANTINE_PATH,))
+    return DatasetMetadata.load(folder.root), folder.location, tuple(folder.glob("data/chunk-*/file-*.parquet")), folder
+
+
+def _load(roots: list[str | Path], remotes: dict[str, tuple[DatasetMetadata, str, tuple[str, ...], RemoteFolder]]
+          ) -> list[CorpusDataset]:
+    """The datasets, checked; ``remotes`` holds the URLs among ``roots``, opened once (no writer can change them)."""
     if not roots:
         raise ClapDataError("give at least one dataset")
-    found = []
-    for root in roots:
-        if str(root) in remotes:
-            folder = remotes[str(root)]
-            found.append((DatasetMetadata.load(folder.root), folder.location, tuple(folder.glob("data/chunk-*/file-*.parquet"))))
-        else:
-            found.append(_local_dataset(Path(root)))
+    found = [remotes[str(root)][:3] if str(root) in remotes else _local_dataset(Path(root)) for root in roots]
     seen: dict[str, str | Path] = {}
     for root, (_, location, data_files) in zip(roots, found, strict=True):
         key = location if is_url(location) else str(Path(location).resolve())
@@ -175,7 +175,7 @@ def open_corpus(
 ) -> Iterator[Corpus]:
     """The views over ``roots`` (folders or URLs) in a DuckDB ``database`` (in memory, or a file that keeps them),
     each local dataset's lock held shared for the block so that no writer changes a dataset while it is read."""
-    remotes = {str(root): RemoteFolder(str(root), also=(layout.QUARANTINE_PATH,)) for root in roots if is_url(root)}
+    remotes = {str(root): _remote_dataset(str(root)) for root in roots if is_url(root)}
     local = [Path(root) for root in roots if str(root) not in remotes]
     _load(roots, remotes)  # what is not a dataset is refused before a lock file is made beside it
     with ExitStack() as stack:
@@ -196,8 +196,8 @@ def open_corpus(
             connection.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             connection.execute(f"SET memory_limit = {sql_literal(memory_limit)}")
-        for folder in {folder.fs.protocol: folder for folder in remotes.values()}.values():
-            connection.register_filesystem(folder.fs)  # one per protocol: DuckDB reads hf://… through it
+        for fs in {folder.fs.protocol: folder.fs for *_, folder in remotes.values()}.values():
+            connection.register_filesystem(fs)  # one per protocol: DuckDB reads hf://… through it
         for view, select in _view_statements(datasets).items():
             try:
                 connection.execute(f"CREATE OR REPLACE VIEW {view} AS {select}")

@@ -40,7 +40,8 @@ def _command_line() -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (one of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,7 +58,7 @@ def _holders(handle, exclusive_only: bool) -> list[str]:  # noqa: ANN001  (an op
     for line in handle.read().splitlines():
         pid_text, _, rest = line.partition(" ")
         mode, _, command = rest.partition(" ")
-        if pid_text.isdigit() and _alive(int(pid_text)) and (mode == "exclusive" or not exclusive_only):
+        if pid_text.isdigit() and process_alive(int(pid_text)) and (mode == "exclusive" or not exclusive_only):
             found.append(f"pid {pid_text}: {command}")
     return found[-1:] if exclusive_only else found
 

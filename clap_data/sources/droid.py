@@ -103,10 +103,7 @@ class DroidSource:
     ):
         self._impl: Source
         if is_url(root):  # only the LeRobot port can be read by byte range: RLDS shards interleave episodes
-            layout = LeRobotLayout(str(root))
-            if not (layout.root / INFO_PATH).is_file():
-                raise ClapDataError(f"--src {root} has no {INFO_PATH}: only DROID's LeRobot port can be read from a URL")
-            self._use_lerobot_port(layout, cameras, fps)
+            self._use_lerobot_port(LeRobotLayout(str(root)), cameras, fps)
             return
         root = Path(root)
         if not root.is_dir():

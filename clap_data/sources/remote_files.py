@@ -12,8 +12,9 @@ elsewhere — and reads it with the same local readers (pyarrow, PyAV) as any ot
   episode's frames, found by demuxing the index (:func:`clap_data.video.packet_byte_ranges`).
 
 Nothing else of a shared file is fetched, so the bytes moved per episode stay close to its own bytes plus the
-files' metadata, and a worker keeps the metadata of the files it has read, for their next episodes. Each range is fetched with retries (:data:`ATTEMPTS`, backing off); a range that still fails
-quarantines the episode with that reason, and rerunning the same command tries it again (the run resumes).
+files' metadata, and a worker keeps the metadata of the files it has read, for their next episodes. Each range is
+fetched with retries (:data:`ATTEMPTS`, backing off); a range that still fails quarantines the episode with that
+reason, and rerunning the same command tries it again (the run resumes).
 Hub sources are pinned to the commit they resolve to when listed, so every worker, and a resumed run, reads the
 same bytes; a branch that moves in between makes a new run, not a mixed one.
 
@@ -40,6 +41,7 @@ import pyarrow.parquet as pq
 
 from clap_data import video
 from clap_data.errors import ClapDataError
+from clap_data.locking import process_alive
 from clap_data.sources.base import EpisodeRejected, VideoWindow
 from clap_data.sources.parquet_ranges import column_chunk_ranges, overlapping_row_groups
 
@@ -273,18 +275,8 @@ def _remove_orphans() -> None:
     _ORPHANS_REMOVED = True
     for path in Path(tempfile.gettempdir()).glob(f"{FETCH_PREFIX}*-*"):
         pid = path.name[len(FETCH_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fetch_failure(relative: str, exc: BaseException) -> str:
