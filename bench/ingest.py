@@ -4,7 +4,7 @@ For each episode count, in a fresh process: write an Astribot S1 dataset, time a
 reads the parquet columns the reader uses and stream-copies every video with plain PyAV, then time
 ``clap_data.pipelines.ingest.ingest`` on the same files, sampling the peak RSS of the driver and of the driver plus
 every descendant (Ray's GCS, raylet and workers), and break the pipeline's time down: Ray start and stop, listing,
-conversion (and, summed over the workers, its phases: read / validate / video / stats / staging), assembly,
+conversion (and, summed over the workers, its phases: read / probe / decode / video / stats / staging), assembly,
 publishing. The numbers are printed and written into ``bench/RESULTS.md``. Never run by ``make test``.
 
 Two configurations: ``--preset dev`` (the default: the factory's tiny 64×48 episodes of 60 frames, three cameras)
@@ -14,7 +14,7 @@ HEVC episodes of 257 frames, two wrist cameras). ``--src DIR`` measures a user's
 episodes copied in turn up to each count of ``--episodes``.
 
     python bench/ingest.py [--preset dev|real] [--src DIR] [--episodes 100,1000] [--frames 60] [--workers 2]
-                           [--size 64x48] [--out bench/out]
+                           [--size 64x48] [--image-stats-keyframes 16] [--out bench/out]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 import ray
 
 import clap_data
+from clap_data.conversion import IMAGE_STATS_KEYFRAMES, VideoOptions
 from clap_data.factories.astribot import write_astribot_dataset
 from clap_data.pipelines.ingest import IngestRequest, ingest
 from clap_data.ray_runtime import _EMBEDDED_OBJECT_STORE_BYTES  # Ray started here matches the pipeline's own
@@ -117,6 +118,7 @@ class PipelineResult:
     tree_peak_mib: float
     processes_peak: int
     other_cores: float  # average cores other processes kept busy meanwhile
+    cpu_seconds: dict[str, float]  # CPU time of the run by process role (Monitor.cpu_seconds_by_role)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class Monitor:
         self.other_cores = 0.0  # average cores busy with processes that are not ours
         self._me = psutil.Process()
         self._cpu_by_pid: dict[int, float] = {}  # last seen, so exited workers still count
+        self._cpu_at_start: dict[int, float] = {}  # of the processes already there when monitoring began
+        self._role_by_pid: dict[int, str] = {}
         self._started = 0.0
         self._others_at_start = 0.0
         self._stop = threading.Event()
@@ -168,6 +172,7 @@ class Monitor:
             tree += rss
             alive += 1
             self._cpu_by_pid[process.pid] = cpu.user + cpu.system
+            self._role_by_pid[process.pid] = process_role(process, self._me.pid)
         self.driver_peak = max(self.driver_peak, driver)
         self.tree_peak = max(self.tree_peak, tree)
         self.processes_peak = max(self.processes_peak, alive)
@@ -179,6 +184,7 @@ class Monitor:
     def __enter__(self) -> Monitor:
         self.driver_start = self._me.memory_info().rss
         self._sample()
+        self._cpu_at_start = dict(self._cpu_by_pid)
         self._started = time.perf_counter()
         self._others_at_start = busy_cpu_seconds() - sum(self._cpu_by_pid.values())
         self._thread.start()
@@ -190,6 +196,30 @@ class Monitor:
         self._sample()
         others = busy_cpu_seconds() - sum(self._cpu_by_pid.values()) - self._others_at_start
         self.other_cores = max(0.0, others / (time.perf_counter() - self._started))
+
+    @property
+    def cpu_seconds_by_role(self) -> dict[str, float]:
+        """CPU seconds spent while monitoring, by :func:`process_role`: what a run costs the machine beyond its wall
+        time, and how much of it is Ray's own bookkeeping rather than conversion or assembly."""
+        totals = dict.fromkeys(PROCESS_ROLES, 0.0)
+        for pid, seconds in self._cpu_by_pid.items():
+            totals[self._role_by_pid[pid]] += seconds - self._cpu_at_start.get(pid, 0.0)
+        return totals
+
+
+PROCESS_ROLES = ("driver", "Ray workers", "Ray system")
+
+
+def process_role(process: psutil.Process, driver_pid: int) -> str:
+    """The driver (this process: listing, Ray Data's scheduling, assembly), a Ray worker (its processes are named
+    ``ray::…``: the actors converting episodes, idle workers) or one of Ray's own services (GCS, raylet, agents)."""
+    if process.pid == driver_pid:
+        return "driver"
+    try:
+        name = process.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "Ray system"
+    return "Ray workers" if name.startswith("ray::") else "Ray system"
 
 
 class PhaseClock:
@@ -237,6 +267,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, help="frames per factory episode (dev 60; real 257)")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (and num_cpus) for the pipeline")
     parser.add_argument("--size", help="WIDTHxHEIGHT of every factory camera (dev 64x48; real 640x360)")
+    parser.add_argument("--image-stats-keyframes", type=int, default=IMAGE_STATS_KEYFRAMES,
+                        help="the ingest option of that name: keyframes decoded per camera and episode for statistics")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="scratch folder (gitignored bench/out)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size, write JSON
     args = parser.parse_args(argv)
@@ -302,9 +334,10 @@ def run_baseline(root: Path, scratch: Path) -> BaselineResult:
     return BaselineResult(seconds, frames, len(episodes), monitor.driver_peak / MIB, monitor.other_cores)
 
 
-def run_pipeline(root: Path, out: Path, workers: int) -> PipelineResult:
+def run_pipeline(root: Path, out: Path, workers: int, stats_keyframes: int) -> PipelineResult:
     """Ingest the Astribot folder end to end (:func:`measure_pipeline`)."""
-    return measure_pipeline(lambda: AstribotSource(root), IngestRequest(out=out, overwrite=True, workers=workers), "astribot")
+    request = IngestRequest(out=out, overwrite=True, workers=workers, video=VideoOptions(stats_keyframes=stats_keyframes))
+    return measure_pipeline(lambda: AstribotSource(root), request, "astribot")
 
 
 def measure_pipeline(build: Callable[[], Source], request: IngestRequest, label: str) -> PipelineResult:
@@ -350,6 +383,7 @@ def measure_pipeline(build: Callable[[], Source], request: IngestRequest, label:
         tree_peak_mib=monitor.tree_peak / MIB,
         processes_peak=monitor.processes_peak,
         other_cores=monitor.other_cores,
+        cpu_seconds=monitor.cpu_seconds_by_role,
     )
 
 
@@ -418,7 +452,7 @@ def run_size(episodes: int, args: argparse.Namespace) -> SizeResult:
     print(f"   {described} in {time.perf_counter() - started:.1f} s; baseline…", flush=True)
     baseline = run_baseline(source, out)
     print(f"   baseline {baseline.seconds:.1f} s; pipeline…", flush=True)
-    pipeline = run_pipeline(source, out / f"v3_{source.name}", args.workers)
+    pipeline = run_pipeline(source, out / f"v3_{source.name}", args.workers, args.image_stats_keyframes)
     print(f"   pipeline {pipeline.ray_init_seconds + pipeline.ingest_seconds:.1f} s", flush=True)
     if pipeline.frames != baseline.frames:
         raise SystemExit(f"the pipeline wrote {pipeline.frames} frames, the baseline read {baseline.frames}")
@@ -454,8 +488,9 @@ def phases_table(results: list[SizeResult]) -> str:
     lines = [
         "| episodes | Ray init s | listing s | first episode after s | convert s | workers: "
         + " / ".join(phases) + " s | driver: appending episodes s | assemble after the last episode s | publish s "
-        "| Ray shutdown s | other processes, baseline (cores) | other processes, pipeline (cores) |",
-        "|" + "---:|" * 12,
+        "| Ray shutdown s | CPU s: " + " / ".join(PROCESS_ROLES) + " | other processes, baseline (cores) "
+        "| other processes, pipeline (cores) |",
+        "|" + "---:|" * 13,
     ]
     for r in results:
         p = r.pipeline
@@ -464,7 +499,8 @@ def phases_table(results: list[SizeResult]) -> str:
             f"| {r.episodes} | {p.ray_init_seconds:.2f} | {p.step_seconds.get('listing', 0):.2f} "
             f"| {p.first_episode_seconds:.2f} | {p.convert_seconds:.2f} | {split} | {p.assembly_seconds:.2f} "
             f"| {p.step_seconds.get('assembling', 0):.2f} | {p.step_seconds.get('publishing', 0):.2f} "
-            f"| {p.ray_shutdown_seconds:.2f} | {r.baseline.other_cores:.2f} | {p.other_cores:.2f} |"
+            f"| {p.ray_shutdown_seconds:.2f} | {' / '.join(f'{p.cpu_seconds[role]:.1f}' for role in PROCESS_ROLES)} "
+            f"| {r.baseline.other_cores:.2f} | {p.other_cores:.2f} |"
         )
     return "\n".join(lines)
 
@@ -490,7 +526,8 @@ def config_key(args: argparse.Namespace) -> str:
     if args.preset == "dev" and args.src is None:
         return f"episodes={args.episodes} frames={args.frames} workers={args.workers} size={args.size}"
     what = f"src={args.src}" if args.src is not None else f"frames={args.frames} size={args.size}"
-    return f"preset={args.preset} episodes={args.episodes} {what} workers={args.workers}"
+    keyframes = "" if args.image_stats_keyframes == IMAGE_STATS_KEYFRAMES else f" image-stats-keyframes={args.image_stats_keyframes}"
+    return f"preset={args.preset} episodes={args.episodes} {what} workers={args.workers}{keyframes}"
 
 
 def results_section(args: argparse.Namespace, command: str, machine: dict[str, str], results: list[SizeResult]) -> str:

@@ -55,7 +55,7 @@ from ingest import (  # noqa: E402  the Astribot benchmark's measuring helpers
     update_results,
 )
 
-from clap_data.conversion import VideoOptions  # noqa: E402
+from clap_data.conversion import EPISODE_PHASES, VideoOptions  # noqa: E402
 from clap_data.factories.ego4d import clip_path, scaled_ego4d_plan  # noqa: E402  light: the baseline needs the plan
 from clap_data.pipelines.ingest import IngestRequest  # noqa: E402
 from clap_data.sources.registry import SourceOptions, build_source  # noqa: E402
@@ -310,7 +310,7 @@ def table(results: list[SourceResult]) -> str:
     lines = [
         "| source | episodes | frames | baseline s | baseline frames/s | baseline episodes/s | Ray init s | pipeline s "
         "| pipeline frames/s | pipeline episodes/s | **ratio** | ratio excl. Ray init | convert s "
-        "| workers: read / validate / video / stats / staging s | driver: appending episodes s | assemble + publish s "
+        "| workers: " + " / ".join(EPISODE_PHASES) + " s | driver: appending episodes s | assemble + publish s "
         "| baseline peak driver RSS MiB | pipeline peak driver RSS MiB | pipeline peak driver + Ray RSS MiB "
         "| other processes, baseline / pipeline (cores) |",
         "|---|" + "---:|" * 19,

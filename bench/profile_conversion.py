@@ -3,12 +3,14 @@ per episode) under cProfile, in this process, on real-size Astribot episodes: co
 (``../shared``), of ``--src``'s, or else the factory's.
 
 The ingest benchmark (``bench/ingest.py``) times the pipeline end to end against a raw loop; this says how much of
-an episode's cost is its own conversion (read, validate, video staging, image statistics, staging writes) — the
+an episode's cost is its own conversion (read, probe, decode, video staging, image statistics, staging writes) — the
 part a worker pays per episode whatever Ray does around it — and which calls inside it cost most. Episodes: 640 ×
 360 HEVC (libx265, keyframe every 2 frames, as the real wrists), ``--frames`` frames, the two wrist cameras, the
 factory's pose columns (the real episode: 236 frames, its own poses and pixels); the first episode is a warm-up, not
-profiled. Prints frames/s on one core, the conversion's own phase split (read / validate / video / stats / staging)
-and the ``--top`` calls by cumulative time. Never run by ``make test``.
+profiled. Prints frames/s on one core, the conversion's own phase split (read / probe / decode / video / stats / staging)
+and the ``--top`` calls by cumulative time; then the same for the driver's side, appending the staged episodes to the
+dataset (``pipelines.ingest._InOrderAssembly``: the one copy of every video into the v3 files, the data rows, the
+statistics, the hashing), which runs serially on one core however many workers convert. Never run by ``make test``.
 
     python bench/profile_conversion.py [--src DIR] [--episodes 6] [--frames 257] [--size 640x360] [--top 25]
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from clap_data.conversion import EPISODE_PHASES, VideoOptions, convert_episode
 from clap_data.factories.astribot import write_astribot_dataset
+from clap_data.pipelines.ingest import _InOrderAssembly  # the driver's side of an ingest
 from clap_data.sources.astribot import AstribotSource
 from clap_data.staging import StagingArea
 
@@ -71,14 +74,33 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = [convert_episode(source, ref, staging, VideoOptions()) for ref in refs[1:]]
         profile.disable()
         seconds = time.perf_counter() - started
-    frames = sum(outcome.frames for outcome in outcomes)
+        frames = sum(outcome.frames for outcome in outcomes)
+        print(f"{len(refs) - 1} episodes, {frames:,} frames, 2 cameras {args.size}: {seconds:.2f} s under cProfile, "
+              f"{frames / seconds:,.0f} frames/s on one core")
+        split = {phase: sum(outcome.phases[phase] for outcome in outcomes) for phase in EPISODE_PHASES}
+        print("per episode: " + ", ".join(f"{phase} {total / len(outcomes) * 1000:.1f} ms" for phase, total in split.items()))
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(args.top)
+        profile_assembly(source, refs, staging, out, args.top)
     shutil.rmtree(staging.root, ignore_errors=True)
-    print(f"{len(refs) - 1} episodes, {frames:,} frames, 2 cameras {args.size}: {seconds:.2f} s under cProfile, "
-          f"{frames / seconds:,.0f} frames/s on one core")
-    split = {phase: sum(outcome.phases[phase] for outcome in outcomes) for phase in EPISODE_PHASES}
-    print("per episode: " + ", ".join(f"{phase} {total / len(outcomes) * 1000:.1f} ms" for phase, total in split.items()))
-    pstats.Stats(profile).sort_stats("cumulative").print_stats(args.top)
     return 0
+
+
+def profile_assembly(source: AstribotSource, refs: list, staging: StagingArea, out: Path, top: int) -> None:
+    """Append the staged episodes to a dataset under cProfile, the first one (a warm-up) unprofiled."""
+    work = out.parent / "assembly"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    assembly = _InOrderAssembly(source, refs, staging, work)
+    assembly.settle([refs[0].order])
+    profile = cProfile.Profile()
+    started = time.perf_counter()
+    profile.enable()
+    assembly.settle(ref.order for ref in refs[1:])
+    profile.disable()
+    seconds = time.perf_counter() - started
+    print(f"driver: appending {len(refs) - 1} episodes: {seconds / (len(refs) - 1) * 1000:.1f} ms per episode under cProfile")
+    pstats.Stats(profile).sort_stats("cumulative").print_stats(top)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ from clap_data.staging import StagingArea, window_source
 STAGED_FRAMES = "frames.parquet"
 STAGED_RECORD = "episode.json"
 DEFAULT_CODEC = "av1"  # for anything re-encoded without --vcodec: lerobot's own default
-IMAGE_STATS_KEYFRAMES = 16  # per camera and episode; lerobot decodes up to ~100 frames, we sample keyframes
+# Keyframes decoded per camera and episode for its image statistics (lerobot decodes ~100 frames); on the real
+# Astribot wrist video 16 estimate the episode's mean colour within 0.001-0.0015, 4 within 0.007-0.014 (bench/RESULTS.md).
+IMAGE_STATS_KEYFRAMES = 16
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class VideoOptions:
     codec: str | None = None  # h264 | hevc | av1; None keeps the source's by stream copy
     gop: int = 2
     crf: int = 30
+    stats_keyframes: int = IMAGE_STATS_KEYFRAMES  # per camera and episode, for the image statistics
+
+    def __post_init__(self) -> None:
+        if self.stats_keyframes < 1:
+            raise ValueError(f"stats_keyframes must be at least 1 (image statistics need a frame), not {self.stats_keyframes}")
 
     @property
     def reencode(self) -> bool:
@@ -72,13 +79,14 @@ class EpisodeOutcome:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per EPISODE_PHASES name
 
 
-EPISODE_PHASES = ("read", "validate", "video", "stats", "staging")
+EPISODE_PHASES = ("read", "probe", "decode", "video", "stats", "staging")
 
 
 class PhaseTimes:
-    """Seconds an episode's conversion spends in each of :data:`EPISODE_PHASES` — reading the source, validating its
-    videos (probe, frame counts, decode check), writing video (copy or re-encode), image statistics, staging writes —
-    so that a slow ingest says where its time goes (the summary, ``--json``, ``bench/ingest.py``)."""
+    """Seconds an episode's conversion spends in each of :data:`EPISODE_PHASES` — reading the source, probing its
+    videos (demuxing every packet, checking frame counts), decoding frames (to prove they decode, and the keyframes
+    sampled for image statistics, in one pass), writing video (copy or re-encode), computing the image statistics,
+    staging writes — so that a slow ingest says where its time goes (the summary, ``--json``, ``bench/ingest.py``)."""
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(EPISODE_PHASES, 0.0)
@@ -121,9 +129,9 @@ def _frames_table(episode: CanonicalEpisode) -> pa.Table:
     )
 
 
-def _validate_window(window: VideoWindow, relative: str, frames: int, options: VideoOptions) -> tuple[video.VideoProbe, int]:
-    """Check a camera's window of a video file against the episode's rows and prove it decodes; returns the file's
-    probe and how many of its frames the window spans."""
+def _check_window(window: VideoWindow, relative: str, frames: int) -> tuple[video.VideoProbe, int]:
+    """Probe a camera's video file and check the window against the episode's rows; returns the file's probe and how
+    many of its frames the window spans. Whether those frames decode is proved after (:func:`_decoded_samples`)."""
     probe = video.probe_video(window.path)
     if window.count is None and probe.frame_count != frames:
         raise EpisodeRejected(
@@ -140,8 +148,17 @@ def _validate_window(window: VideoWindow, relative: str, frames: int, options: V
             "frame_count", relative,
             f"video file {relative} has {probe.frame_count} frames; the episode needs frames {window.start} to {window.start + count - 1}",
         )
-    video.check_decodes(window.path, probe, full=options.full_decode, start=window.start, count=count)
     return probe, count
+
+
+def _decoded_samples(path: Path, probe: video.VideoProbe, full: bool, keyframes: int, start: int, count: int,
+                     times: PhaseTimes) -> dict[str, np.ndarray]:
+    """Prove the window decodes and, from the keyframes decoded on the way (``keyframes`` of them; none for 0), its
+    image statistics."""
+    with times.timing("decode"):
+        samples = video.check_and_sample(path, probe, full, keyframes, start, count)
+    with times.timing("stats"):
+        return image_stats(samples) if keyframes else {}
 
 
 def _copied_at_assembly(window: VideoWindow, probe: video.VideoProbe, options: VideoOptions) -> bool:
@@ -155,20 +172,21 @@ def _stage_window(window: VideoWindow, relative: str, frames: int, target: Path,
                   times: PhaseTimes) -> dict[str, Any]:
     """Validate a camera's frames in a video file against the episode; then either note where assembly will copy
     them from, or write them to ``target`` (re-encoded, or stream-copied when their packets need reordering)."""
-    with times.timing("validate"):
-        probe, count = _validate_window(window, relative, frames, options)
+    with times.timing("probe"):
+        probe, count = _check_window(window, relative, frames)
     if _copied_at_assembly(window, probe, options) and not window.fetched:
-        with times.timing("stats"):
-            pixels = image_stats(video.sample_keyframes(window.path, probe, IMAGE_STATS_KEYFRAMES, window.start, count))
+        pixels = _decoded_samples(window.path, probe, options.full_decode, options.stats_keyframes, window.start, count,
+                                  times)
         return video_record(relative, probe, count, pixels,
                             copy_from=window_source(window.path, probe.display_pts[window.start]))
+    _decoded_samples(window.path, probe, options.full_decode, 0, window.start, count, times)
     with times.timing("video"):
         if options.reencode or window.frames is not None or not probe.can_copy(window.start):
             video.reencode(window.path, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop,
                            options.crf, start=window.start, count=count, probe=probe, frames=window.frames)
         else:
             video.copy_window(window.path, target, probe, fps, start=window.start, count=count)
-    return _staged_video_record(relative, target, times)
+    return _staged_video_record(relative, target, options, times)
 
 
 def _stage_images(images: ImageSequence, relative: str, frames: int, target: Path, fps: int, options: VideoOptions,
@@ -177,15 +195,17 @@ def _stage_images(images: ImageSequence, relative: str, frames: int, target: Pat
         raise EpisodeRejected("frame_count", relative, f"{relative} has {len(images.images)} images for {frames} rows")
     with times.timing("video"):
         video.encode_images(images.images, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop, options.crf)
-    return _staged_video_record(relative, target, times)
+    return _staged_video_record(relative, target, options, times)
 
 
-def _staged_video_record(relative: str, target: Path, times: PhaseTimes) -> dict[str, Any]:
+def _staged_video_record(relative: str, target: Path, options: VideoOptions, times: PhaseTimes) -> dict[str, Any]:
     """Describe a video written to the staging area (probed again: it is what assembly will append)."""
     with times.timing("video"):
         written = video.probe_video(target)
+    with times.timing("decode"):
+        samples = video.sample_keyframes(target, written, options.stats_keyframes)
     with times.timing("stats"):
-        pixels = image_stats(video.sample_keyframes(target, written, IMAGE_STATS_KEYFRAMES))
+        pixels = image_stats(samples)
     return video_record(relative, written, written.frame_count, pixels)
 
 

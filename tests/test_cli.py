@@ -35,14 +35,14 @@ def test_ingest_prints_summary_and_exits_3_for_quarantine(real_output):
     assert "camera head (images_dict.head.rgb)" in result.output
     assert "exit status 3" in result.output
     # where the time went: the steps, and the workers' split of the one converted episode (validation and keyframe
-    # statistics decode video; the stream copy waits for assembly, so no time is spent writing video)
+    # statistics decode video, in one pass; the stream copy waits for assembly, so no time is spent writing video)
     text = " ".join(result.output.split())  # the table may wrap the row
     time_row = text[text.index(" time listing "):]
     for step in ("listing", "converting", "assembling", "publishing"):
         assert re.search(rf"{step} \d+\.\d s", time_row)
-    split = dict(re.findall(r"(read|validate|video|stats|staging) (\d+)%", time_row))
-    assert set(split) == {"read", "validate", "video", "stats", "staging"} and split["video"] == "0"
-    assert int(split["stats"]) > 0 and int(split["validate"]) > 0 and 95 <= sum(map(int, split.values())) <= 105
+    split = dict(re.findall(r"(read|probe|decode|video|stats|staging) (\d+)%", time_row))
+    assert set(split) == {"read", "probe", "decode", "video", "stats", "staging"} and split["video"] == "0"
+    assert int(split["decode"]) > 0 and 95 <= sum(map(int, split.values())) <= 105
     assert re.search(r"the driver appended episodes for \d+\.\d s of it", time_row)
 
 
@@ -117,12 +117,28 @@ def test_unreadable_metadata_fails_with_one_sentence(astribot_src, tmp_path, bre
         (["--resize", "224"], "HEIGHTxWIDTH"),
         (["--vcodec", "mpeg2"], "not one of h264, hevc, av1"),
         (["--workers", "0"], "--workers"),
+        (["--image-stats-keyframes", "0"], "--image-stats-keyframes"),
     ],
 )
 def test_bad_arguments_exit_2(astribot_src, tmp_path, args, message):
     result = runner.invoke(app, ["ingest", "astribot", "--src", str(astribot_src), "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_image_stats_keyframes_sets_how_many_keyframes_each_episodes_statistics_count(astribot_src, tmp_path, ray_local):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    result = run("ingest", "astribot", "--src", str(astribot_src), "--out", str(out), "--image-stats-keyframes", "3")
+    assert result.exit_code == 0, result.output
+    episodes = pq.read_table(out / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    counts = {key: [row[key] for row in episodes] for key in episodes[0] if key.startswith("stats/observation.images")
+              and key.endswith("/count")}
+    assert len(counts) == 3 and all(value == [[3]] * 3 for value in counts.values())  # 3 cameras, 3 episodes
+    stats = json.loads((out / "meta/stats.json").read_text())
+    assert stats["observation.images.head"]["count"] == [9]
+    assert json.loads((out / "meta/clap_data.json").read_text())["video"]["stats_keyframes"] == 3
 
 
 def test_camera_errors_name_the_camera(astribot_src, real_astribot, tmp_path):

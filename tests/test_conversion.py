@@ -197,6 +197,6 @@ def test_a_source_video_that_changes_after_validation_makes_the_episode_convert_
 
 def test_the_outcome_says_where_the_episodes_time_went(tmp_path, clip):
     outcome, _ = convert(tmp_path, VideoWindow(clip, start=10, count=8), rows=8)
-    assert set(outcome.phases) == {"read", "validate", "video", "stats", "staging"}
-    assert outcome.phases["validate"] > 0 and outcome.phases["stats"] > 0 and outcome.phases["video"] == 0
+    assert set(outcome.phases) == {"read", "probe", "decode", "video", "stats", "staging"}
+    assert all(outcome.phases[name] > 0 for name in ("probe", "decode", "stats")) and outcome.phases["video"] == 0
     assert sum(outcome.phases.values()) <= outcome.seconds

@@ -142,6 +142,46 @@ def test_sample_keyframes_spreads_over_the_video_and_strides_large_frames(tmp_pa
     assert np.abs(levels - np.array([20 + 11 * i for i in (0, 6, 12, 18)])).max() <= 2
 
 
+def test_check_and_sample_decodes_shared_frames_once_and_samples_what_sample_keyframes_does(tmp_path, monkeypatch):
+    src = encode(tmp_path / "gop2.mp4", "libx265", frames=20, options=X265_NO_B, size=(640, 360))
+    probe = video.probe_video(src)
+    decoded: list[int] = []
+    decode_window = video._decode_window
+
+    def counting(*args):
+        for index, frame in decode_window(*args):
+            decoded.append(index)
+            yield index, frame
+
+    monkeypatch.setattr(video, "_decode_window", counting)
+    # frames 4..15: keyframes 4, 6, …, 14; 4 picks are 4, 6, 10, 14 — the first frame and the last GOP among them
+    fast = video.check_and_sample(src, probe, False, 4, start=4, count=12)
+    assert sorted(decoded) == [4, 6, 10, 14, 15]  # checked apart and sampled apart, 4 and 14 would decode twice
+    assert fast.shape == (4, 90, 160, 3)
+    assert np.abs(np.array([f.mean() for f in fast]) - np.array([20 + 11 * i for i in (4, 6, 10, 14)])).max() <= 2
+    decoded.clear()
+    full = video.check_and_sample(src, probe, True, 4, start=4, count=12)
+    assert sorted(decoded) == list(range(4, 16))  # the full check decodes the picks on its way
+    assert np.array_equal(full, fast)
+    assert np.array_equal(video.sample_keyframes(src, probe, 4, 4, 12), fast)
+    assert video.check_and_sample(src, probe, False, 0, start=4, count=12).shape[0] == 0
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_check_and_sample_rejects_a_window_whose_last_gop_does_not_decode(tmp_path, full):
+    src = encode(tmp_path / "src.mp4", "libx265", frames=20, options=X265_NO_B)
+    data = bytearray(src.read_bytes())
+    for offset, size in video.packet_byte_ranges(src, video.probe_video(src), 18, 2):  # the last GOP's packets
+        data[offset:offset + size] = bytes(size)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(bytes(data))
+    probe = video.probe_video(broken)  # demuxing still finds every packet
+    assert probe.frame_count == 20
+    video.check_and_sample(broken, probe, full, 4, start=0, count=16)  # a window before the damage is fine
+    with pytest.raises(video.VideoError, match="does not decode"):
+        video.check_and_sample(broken, probe, full, 4)
+
+
 @pytest.mark.parametrize("fps", [15, 10, 30])
 def test_concatenation_at_low_frame_rates_whose_mp4_timescale_is_raised(tmp_path, fps):
     # mp4 raises timescales below 10000 (15 fps · 512 = 7680 → 15360), so staged episodes come

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from clap_data.cli.common import app, split_list, stderr, stdout, user_errors
-from clap_data.conversion import VideoOptions
+from clap_data.conversion import IMAGE_STATS_KEYFRAMES, VideoOptions
 from clap_data.errors import ExitCode
 
 
@@ -26,7 +26,8 @@ def _task_ids(value: str | None) -> list[int] | None:
         raise typer.BadParameter(f"{value!r} is not a comma-separated list of task ids", param_hint="--tasks") from None
 
 
-def _video_options(full_decode: bool, resize: str | None, vcodec: str | None, gop: int, crf: int) -> VideoOptions:
+def _video_options(full_decode: bool, resize: str | None, vcodec: str | None, gop: int, crf: int,
+                   stats_keyframes: int) -> VideoOptions:
     from clap_data.video import parse_size
 
     try:
@@ -37,11 +38,12 @@ def _video_options(full_decode: bool, resize: str | None, vcodec: str | None, go
         raise typer.BadParameter(f"{vcodec!r} is not one of h264, hevc, av1", param_hint="--vcodec")
     if gop < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--gop")
-    return VideoOptions(full_decode=full_decode, resize=size, codec=vcodec, gop=gop, crf=crf)
+    return VideoOptions(full_decode=full_decode, resize=size, codec=vcodec, gop=gop, crf=crf,
+                        stats_keyframes=stats_keyframes)
 
 
 def _where_the_time_went(steps: dict[str, float], phases: dict[str, float], assembly: float) -> str:
-    """``listing 0.1 s · converting 30.2 s (workers: read 8 %, validate 21 %, …) · …``: the steps' wall time, how
+    """``listing 0.1 s · converting 30.2 s (workers: read 8 %, probe 3 %, decode 80 %, …) · …``: the steps' wall time, how
     the workers' conversion time splits among its phases, and the driver's time appending episodes (mostly while
     the workers convert)."""
     busy = sum(phases.values())
@@ -123,6 +125,11 @@ def ingest(
     vcodec: Annotated[str | None, typer.Option(help="Re-encode videos with h264, hevc or av1 (default: stream copy).")] = None,
     gop: Annotated[int, typer.Option(help="Keyframe interval when re-encoding.")] = 2,
     crf: Annotated[int, typer.Option(help="Quality when re-encoding (lower is better).")] = 30,
+    image_stats_keyframes: Annotated[
+        int,
+        typer.Option(min=1, help="Keyframes decoded per camera and episode for the image statistics: decoding them is "
+                                 "most of an ingest's time; fewer is faster and estimates less closely (README)."),
+    ] = IMAGE_STATS_KEYFRAMES,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished dataset at --out, or discard an interrupted run with other options.")] = False,
     wait: Annotated[bool, typer.Option(help="If another command holds --out, wait for it instead of refusing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
@@ -135,7 +142,7 @@ def ingest(
 
     if source_name not in SOURCE_NAMES:
         raise typer.BadParameter(f"{source_name!r} is not one of {', '.join(SOURCE_NAMES)}", param_hint="SOURCE")
-    video = _video_options(full_decode, resize, vcodec, gop, crf)
+    video = _video_options(full_decode, resize, vcodec, gop, crf, image_stats_keyframes)
     try:
         options = SourceOptions(
             cameras=split_list(cameras), min_frames=min_frames, tasks=_task_ids(tasks),
