@@ -134,18 +134,23 @@ def _probe_file_version(path: str, size: int, mtime_ns: int) -> VideoProbe:
 def _decode_window(container: av.container.InputContainer, probe: VideoProbe, start: int, count: int) -> Iterator[tuple[int, av.VideoFrame]]:
     """Frames ``[start, start + count)`` in display order as ``(index, frame)``: seeks to the
     keyframe before ``start`` and decodes forward, matching frames to positions by timestamp,
-    so offset or irregular source clocks do not shift the window."""
+    so offset or irregular source clocks do not shift the window. Stops at the window's last frame — the decoder
+    hands frames out in display order, so none of the window can come after it — rather than decoding one more frame
+    to see the window has ended, which for a single sampled keyframe would double its cost."""
     stream = container.streams.video[0]
     rank_of_pts = probe.rank_of_pts
+    last = start + count - 1
     if start > 0:
         container.seek(probe.display_pts[start], stream=stream, backward=True, any_frame=False)
     for frame in container.decode(stream):
         index = rank_of_pts.get(frame.pts)
         if index is None or index < start:
             continue
-        if index >= start + count:
+        if index > last:
             return
         yield index, frame
+        if index == last:
+            return
 
 
 def check_decodes(path: Path, probe: VideoProbe, full: bool, start: int = 0, count: int | None = None) -> None:

@@ -142,28 +142,47 @@ def test_sample_keyframes_spreads_over_the_video_and_strides_large_frames(tmp_pa
     assert np.abs(levels - np.array([20 + 11 * i for i in (0, 6, 12, 18)])).max() <= 2
 
 
-def test_check_and_sample_decodes_shared_frames_once_and_samples_what_sample_keyframes_does(tmp_path, monkeypatch):
+class CountingContainer:
+    """A real PyAV input container that records the display position of every frame its decoder hands out."""
+
+    def __init__(self, container, probe, decoded: list[int]):
+        self._container, self._probe, self._decoded = container, probe, decoded
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._container.__exit__(*exc)
+
+    def decode(self, *args, **kwargs):
+        for frame in self._container.decode(*args, **kwargs):
+            self._decoded.append(self._probe.rank_of_pts[frame.pts])
+            yield frame
+
+
+def test_check_and_sample_decodes_each_frame_it_needs_once_and_samples_what_sample_keyframes_does(tmp_path, monkeypatch):
     src = encode(tmp_path / "gop2.mp4", "libx265", frames=20, options=X265_NO_B, size=(640, 360))
     probe = video.probe_video(src)
     decoded: list[int] = []
-    decode_window = video._decode_window
-
-    def counting(*args):
-        for index, frame in decode_window(*args):
-            decoded.append(index)
-            yield index, frame
-
-    monkeypatch.setattr(video, "_decode_window", counting)
-    # frames 4..15: keyframes 4, 6, …, 14; 4 picks are 4, 6, 10, 14 — the first frame and the last GOP among them
+    real_open = video._open
+    monkeypatch.setattr(video, "_open", lambda path: CountingContainer(real_open(path), probe, decoded))
+    # frames 4..15: keyframes 4, 6, …, 14; 4 picks are 4, 6, 10, 14 — the first frame and the last GOP among them.
+    # Checked apart and sampled apart, 4 and 14 would decode twice; decoding on to see where a stretch ends, the
+    # frame after each pick and after the window (7, 11, 16 …) would decode too.
     fast = video.check_and_sample(src, probe, False, 4, start=4, count=12)
-    assert sorted(decoded) == [4, 6, 10, 14, 15]  # checked apart and sampled apart, 4 and 14 would decode twice
+    assert sorted(decoded) == [4, 6, 10, 14, 15]
     assert fast.shape == (4, 90, 160, 3)
     assert np.abs(np.array([f.mean() for f in fast]) - np.array([20 + 11 * i for i in (4, 6, 10, 14)])).max() <= 2
     decoded.clear()
     full = video.check_and_sample(src, probe, True, 4, start=4, count=12)
     assert sorted(decoded) == list(range(4, 16))  # the full check decodes the picks on its way
     assert np.array_equal(full, fast)
+    decoded.clear()
     assert np.array_equal(video.sample_keyframes(src, probe, 4, 4, 12), fast)
+    assert sorted(decoded) == [4, 6, 10, 14]  # one decode per keyframe
     assert video.check_and_sample(src, probe, False, 0, start=4, count=12).shape[0] == 0
 
 
