@@ -165,7 +165,7 @@ def check_and_sample(path: Path, probe: VideoProbe, full: bool, keyframes: int, 
     spread over them (as :func:`sample_keyframes`; none for 0), opening the file once and decoding each frame both
     need once: the window's first frame and its last keyframe are sampled keyframes too, and a full check decodes
     every sampled one on its way. Decoding is what an ingest spends most of its time on, so this is what its
-    conversion calls (same frames, same pixels, two to three decodes fewer per camera)."""
+    conversion calls (the same frames and pixels as checking and sampling apart, two decodes fewer per camera)."""
     count = probe.frame_count - start if count is None else count
     last = start + count - 1
     picks = _spread_keyframes(probe, keyframes, start, count) if keyframes else []
