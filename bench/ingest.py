@@ -200,7 +200,8 @@ class Monitor:
     @property
     def cpu_seconds_by_role(self) -> dict[str, float]:
         """CPU seconds spent while monitoring, by :func:`process_role`: what a run costs the machine beyond its wall
-        time, and how much of it is Ray's own bookkeeping rather than conversion or assembly."""
+        time, and how much of it is Ray's own bookkeeping rather than conversion or assembly. The driver's includes
+        this monitor's own sampling; a worker is counted in the role it had when last seen."""
         totals = dict.fromkeys(PROCESS_ROLES, 0.0)
         for pid, seconds in self._cpu_by_pid.items():
             totals[self._role_by_pid[pid]] += seconds - self._cpu_at_start.get(pid, 0.0)
