@@ -153,12 +153,11 @@ def _check_window(window: VideoWindow, relative: str, frames: int) -> tuple[vide
 
 def _decoded_samples(path: Path, probe: video.VideoProbe, full: bool, keyframes: int, start: int, count: int,
                      times: PhaseTimes) -> dict[str, np.ndarray]:
-    """Prove the window decodes and, from the keyframes decoded on the way (``keyframes`` of them; none for 0), its
-    image statistics."""
+    """Prove the window decodes and, from the ``keyframes`` keyframes decoded on the way, its image statistics."""
     with times.timing("decode"):
         samples = video.check_and_sample(path, probe, full, keyframes, start, count)
     with times.timing("stats"):
-        return image_stats(samples) if keyframes else {}
+        return image_stats(samples)
 
 
 def _copied_at_assembly(window: VideoWindow, probe: video.VideoProbe, options: VideoOptions) -> bool:
@@ -179,7 +178,8 @@ def _stage_window(window: VideoWindow, relative: str, frames: int, target: Path,
                                   times)
         return video_record(relative, probe, count, pixels,
                             copy_from=window_source(window.path, probe.display_pts[window.start]))
-    _decoded_samples(window.path, probe, options.full_decode, 0, window.start, count, times)
+    with times.timing("decode"):  # the statistics come from the staged file, what assembly appends
+        video.check_decodes(window.path, probe, options.full_decode, window.start, count)
     with times.timing("video"):
         if options.reencode or window.frames is not None or not probe.can_copy(window.start):
             video.reencode(window.path, target, fps, options.resize, options.codec or DEFAULT_CODEC, options.gop,

@@ -54,6 +54,7 @@ from clap_data.schemas import (
 from clap_data.staging import check_output_folder, window_source
 
 _CARRIED_COLUMNS = ("observation.state", "action", "arm_mask", "subtask", "frame_index")
+CHECKPOINT = "checkpoint.json"  # in the work folder beside --out: the state after the last input merged
 
 
 @dataclass(frozen=True)
@@ -274,9 +275,6 @@ def _merge_locked(inputs: list[DatasetMetadata], out: Path, request: MergeReques
     _publish(built, out, replaced)
     shutil.rmtree(work_dir, ignore_errors=True)
     return report
-
-
-CHECKPOINT = "checkpoint.json"
 
 
 def _identity(inputs: list[DatasetMetadata], cameras: tuple[str, ...], kept: list[str], dropped: list[str]) -> dict[str, Any]:
